@@ -1,0 +1,72 @@
+"""The `bmm` command: one group per concern, each in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from bmm import __version__
+from bmm.errors import BmmError
+
+GROUPS = {
+    "lab": "bmm.cli.lab",
+    "nodes": "bmm.cli.nodes",
+    "power": "bmm.cli.power",
+    "remotes": "bmm.cli.remotes",
+}
+
+
+class BmmGroup(click.Group):
+    """Loads command groups lazily, and turns BmmError into one line on stderr."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(GROUPS))
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None or name not in GROUPS:
+            return cmd
+        try:
+            module = importlib.import_module(GROUPS[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != GROUPS[name]:
+                raise
+            return _not_built(name)
+        return module.cli
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BmmError as exc:
+            if os.environ.get("BMM_DEBUG") == "1":
+                raise
+            click.echo(f"bmm: {exc}", err=True)
+            sys.exit(1)
+
+
+def _not_built(name: str) -> click.Command:
+    @click.command(name, help=f"(not built yet) the `{name}` commands.",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def stub():
+        raise click.ClickException(f"`bmm {name}` is not built yet")
+
+    return stub
+
+
+@click.group(cls=BmmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bmm")
+def main():
+    """bmm runs OpenNebula instances on bare metal.
+
+    \b
+    Command groups:
+      lab      a simulated rack on this machine (try `bmm lab demo` first)
+      nodes    the inventory: validate, list, show, import legacy tilera_boards
+      power    switch and query node power through BMCs, PDUs and ssh
+      remotes  install OpenNebula's driver scripts and print oned.conf blocks
+
+    Set BMM_DEBUG=1 for tracebacks.
+    """

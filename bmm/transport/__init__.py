@@ -1,0 +1,1 @@
+"""How bmm reaches a machine's operating system."""

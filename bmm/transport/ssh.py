@@ -1,0 +1,238 @@
+"""SSH to a node's operating system with paramiko.
+
+Commands are argv lists; every word is quoted with shlex before it crosses the wire, so a
+value from a template can never become shell syntax on the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import paramiko
+
+from bmm.errors import BmmError, FatalError, TimeoutExpired, TransientError
+from bmm.runner import Result, last_line, redact
+
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+HOST_KEY_POLICIES = ("accept-new", "strict", "ignore")
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int = 22
+    user: str = "root"
+    key_file: str | None = None
+    known_hosts: str | None = None
+    host_key_policy: str = "accept-new"
+    connect_timeout: float = 10.0
+    node: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def quote_argv(argv: Iterable[str]) -> str:
+    return shlex.join(str(a) for a in argv)
+
+
+class SshSession:
+    """One authenticated connection. Use as a context manager."""
+
+    def __init__(self, target: SshTarget):
+        self.target = target
+        self._client: paramiko.SSHClient | None = None
+
+    def __enter__(self) -> "SshSession":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        t = self.target
+        client = paramiko.SSHClient()
+        if t.known_hosts:
+            try:
+                client.load_host_keys(t.known_hosts)
+            except FileNotFoundError:
+                pass
+        if t.host_key_policy == "strict":
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect(
+                t.host,
+                port=t.port,
+                username=t.user,
+                key_filename=t.key_file,
+                look_for_keys=t.key_file is None,
+                allow_agent=False,
+                timeout=t.connect_timeout,
+                banner_timeout=t.connect_timeout,
+                auth_timeout=t.connect_timeout,
+            )
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise FatalError(f"ssh {t.describe()}: authentication failed ({exc})", node=t.node) from None
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise FatalError(f"ssh {t.describe()}: host key changed", node=t.node) from None
+        except socket.gaierror as exc:
+            client.close()
+            raise FatalError(f"ssh {t.describe()}: unknown host ({exc.strerror})", node=t.node) from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            raise TransientError(f"ssh {t.describe()}: {exc or type(exc).__name__}", node=t.node) from None
+        if t.known_hosts and t.host_key_policy == "accept-new":
+            try:
+                client.save_host_keys(t.known_hosts)
+            except OSError:
+                pass
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise BmmError("ssh session is not connected", node=self.target.node)
+        return self._client
+
+    def run(
+        self,
+        argv: list[str] | tuple[str, ...],
+        *,
+        timeout: float,
+        input: bytes | str | None = None,
+        check: bool = True,
+        secrets: Iterable[str] = (),
+    ) -> Result:
+        """Run argv on the node; every word is quoted. Raise on non-zero exit when check."""
+        command = quote_argv(argv)
+        return self._run_command(command, tuple(str(a) for a in argv), timeout, input, check, tuple(secrets))
+
+    def run_stream_in(
+        self,
+        argv: list[str] | tuple[str, ...],
+        source: Callable[[], bytes | None],
+        *,
+        timeout: float,
+    ) -> Result:
+        """Run argv and feed its stdin from source() until it returns None."""
+        chan = self._open(quote_argv(argv), timeout)
+        try:
+            while True:
+                chunk = source()
+                if chunk is None:
+                    break
+                chan.sendall(chunk)
+            chan.shutdown_write()
+            return self._finish(chan, tuple(str(a) for a in argv), timeout, True, ())
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransientError(f"ssh {self.target.describe()}: link lost: {exc}", node=self.target.node) from None
+        finally:
+            chan.close()
+
+    def _open(self, command: str, timeout: float) -> paramiko.Channel:
+        try:
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise TransientError(f"ssh {self.target.describe()}: connection closed", node=self.target.node)
+            chan = transport.open_session(timeout=timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            return chan
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransientError(f"ssh {self.target.describe()}: {exc}", node=self.target.node) from None
+
+    def _run_command(self, command, argv, timeout, input, check, secrets) -> Result:
+        chan = self._open(command, timeout)
+        try:
+            if input is not None:
+                chan.sendall(input.encode() if isinstance(input, str) else input)
+            chan.shutdown_write()
+            return self._finish(chan, argv, timeout, check, secrets)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransientError(f"ssh {self.target.describe()}: link lost: {exc}", node=self.target.node) from None
+        finally:
+            chan.close()
+
+    def _finish(self, chan, argv, timeout, check, secrets) -> Result:
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        while True:
+            if chan.recv_ready():
+                out += chan.recv(65536)
+                continue
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                continue
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutExpired(
+                    f"ssh {self.target.describe()}: {argv[0]} did not finish within {timeout:g} s",
+                    node=self.target.node,
+                )
+            time.sleep(0.01)
+        code = chan.recv_exit_status()
+        result = Result(
+            argv, code,
+            redact(out.decode(errors="replace"), secrets),
+            redact(err.decode(errors="replace"), secrets),
+        )
+        if check and code != 0:
+            cause = last_line(result.stderr) or last_line(result.stdout) or "no output"
+            raise BmmError(f"{argv[0]} failed on {self.target.host} (exit {code}): {cause}", node=self.target.node)
+        return result
+
+    def put_file(self, local: BinaryIO | str, remote: str) -> None:
+        sftp = self.client.open_sftp()
+        try:
+            if isinstance(local, str):
+                sftp.put(local, remote)
+            else:
+                sftp.putfo(local, remote)
+        finally:
+            sftp.close()
+
+
+def wait_for_ssh(target: SshTarget, *, deadline: float, interval: float = 1.0) -> SshSession:
+    """Connect, retrying transient failures until the absolute monotonic deadline."""
+    last: Exception | None = None
+    while True:
+        session = SshSession(target)
+        try:
+            session.connect()
+            return session
+        except TransientError as exc:
+            last = exc
+        if time.monotonic() + interval > deadline:
+            raise TimeoutExpired(
+                f"ssh {target.describe()} did not answer before the deadline ({last.reason if last else 'no answer'})",
+                node=target.node,
+            )
+        time.sleep(interval)
+
+
+def reachable(target: SshTarget, timeout: float = 3.0) -> bool:
+    """Does an SSH server answer at the target? A TCP connect plus banner, no login."""
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
