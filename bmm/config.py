@@ -30,6 +30,8 @@ class Config:
     power_timeout_s: float = 60.0
     monitor_address: str = "127.0.0.1"
     monitor_port: int = 4124
+    opennebula_major: int | None = None
+    kinds: dict = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -68,6 +70,8 @@ def load_config(path: Path | str | None = None, *, remote_script: str | None = N
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     known = {f.name: f for f in fields(Config) if f.name != "source"}
+    if not isinstance(data.get("kinds", {}), dict):
+        raise ConfigError(f"config file {path}: kinds must be a table of kind = \"python.module:Class\"")
     values = {}
     for key, value in data.items():
         if key not in known:

@@ -5,8 +5,9 @@ import shutil
 import subprocess
 
 import pytest
+from pathlib import Path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = Path(__file__).resolve().parent.parent
 
 
 def missing_lab_requirements(*tools: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""OpenNebula's driver contract: input decoding, the VM XML, replies, monitor messages."""

@@ -1,0 +1,140 @@
+"""The IM control script: `[stop] <im_mad> <host id> <host name>`, stdin = base64 of the
+MONITOR_CONFIGURATION XML (protocol §2.2, §2.3, §2.8).
+
+start: check the node, register it with the front-end monitor daemon (starting the daemon if
+none runs), and answer at once with a `<MONITOR_MESSAGES>` document so the host is MONITORED
+without waiting for the first push. stop: unregister; the daemon exits when no host is left.
+
+run_monitord_client merges stderr into stdout and parses the result as XML, so nothing but the
+document may be printed on success.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bmm.config import load_config
+from bmm.errors import BmmError, ConfigError
+from bmm.opennebula import driver_input, monitor
+from bmm.opennebula.xmlsafe import InputError, parse_xml
+from im_drivers import hosts
+from im_drivers.messages import payloads
+from im_drivers.registry import report_class
+
+START_TYPES = ("SYSTEM_HOST", "MONITOR_HOST", "BEACON_HOST", "STATE_VM", "MONITOR_VM")
+
+
+def _int(raw: str, what: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise InputError(f"{what} {raw!r} is not a number") from None
+
+
+def parse_monitor_config(xml: bytes, fallback_address: str, fallback_port: int) -> tuple[str, int, dict[str, int]]:
+    root = parse_xml(xml, what="monitor configuration")
+    if root.tag != "MONITOR_CONFIGURATION":
+        raise InputError(f"expected <MONITOR_CONFIGURATION>, got <{root.tag}>")
+    if (root.findtext("NETWORK/PUBKEY") or "").strip():
+        raise ConfigError("monitord.conf sets NETWORK/PUBKEY (encrypted messages), which bmm does not support yet")
+    address = (root.findtext("NETWORK/MONITOR_ADDRESS") or "").strip()
+    if not address or address == "auto":
+        address = fallback_address
+    port_text = (root.findtext("NETWORK/PORT") or "").strip()
+    port = _int(port_text, "NETWORK/PORT") if port_text else fallback_port
+    periods = dict(hosts.DEFAULT_PERIODS)
+    for kind in periods:
+        text = (root.findtext(f"PROBES_PERIOD/{kind}") or "").strip()
+        if text:
+            periods[kind] = max(1, _int(text, f"PROBES_PERIOD/{kind}"))
+    return address, port, periods
+
+
+def build_report(config, node_name: str):
+    from bmm.inventory import load_inventory
+
+    inventory = load_inventory(config.inventory, extra_kinds=tuple(config.kinds))
+    node = inventory.nodes.get(node_name)
+    if node is None:
+        raise ConfigError(f"host {node_name!r} is not in the bmm inventory ({config.inventory})")
+    store = None
+    try:
+        from bmm.state import StateStore
+
+        store = StateStore(config.state_db)
+    except (ImportError, BmmError, OSError):
+        store = None
+    return report_class(node.kind, config)(node, config, store)
+
+
+def ensure_daemon(config) -> None:
+    """Start the monitor daemon unless one holds its lock."""
+    mdir = hosts.monitor_dir(config.state_db)
+    mdir.mkdir(parents=True, exist_ok=True)
+    lock_path = mdir / "daemon.lock"
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a daemon holds it
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    env = dict(os.environ)
+    if config.source is not None:
+        env["BMM_CONFIG"] = str(config.source)
+    log = open(mdir / "daemon.log", "ab")
+    subprocess.Popen(
+        [sys.executable, "-m", "im_drivers.daemon"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+        start_new_session=True, close_fds=True,
+    )
+    log.close()
+
+
+def stop_daemon(config) -> None:
+    """SIGTERM the daemon (it would also leave on its own once idle)."""
+    pid_path = hosts.monitor_dir(config.state_db) / "daemon.pid"
+    try:
+        pid = int(pid_path.read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"im_drivers.daemon" not in fh.read():
+                return
+        os.kill(pid, 15)
+    except (OSError, ValueError):
+        pass
+
+
+def main(script: str) -> None:
+    args = sys.argv[1:]
+    action = "start"
+    if args and args[0] == "stop":
+        action, args = "stop", args[1:]
+    try:
+        if len(args) != 3:
+            raise InputError(f"expected `[stop] <im_mad> <host id> <host name>`, got {len(args)} arguments")
+        _im_mad, hid_text, name = args
+        hid = _int(hid_text, "host id")
+        config = load_config(remote_script=script)
+        if action == "stop":
+            hosts.unregister(config.state_db, hid)
+            if not hosts.registered(config.state_db):
+                stop_daemon(config)
+            sys.exit(0)
+        xml = driver_input.read_stream(sys.stdin.buffer, what="monitor configuration (stdin)")
+        address, port, periods = parse_monitor_config(xml, config.monitor_address, config.monitor_port)
+        report = build_report(config, name)
+        document = monitor.monitor_messages(payloads(report, START_TYPES))
+        hosts.register(config.state_db, hosts.MonitoredHost(hid, name, address, port, periods))
+        ensure_daemon(config)
+    except BmmError as exc:
+        print(" ".join(str(exc).split()), file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # never a traceback into monitord's parser
+        if os.environ.get("BMM_DEBUG") == "1":
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    sys.stdout.write(document + "\n")

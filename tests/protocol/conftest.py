@@ -1,0 +1,55 @@
+import textwrap
+
+import pytest
+
+from tests.onemock import OpenNebula
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    path = tmp_path / "nodes.toml"
+    path.write_text(textwrap.dedent("""\
+        [nodes.fake01]
+        kind = "fake"
+        arch = "x86_64"
+        model = "Test Machine"
+        cpus = 8
+        memory_mb = 4096
+        disk_gb = 100
+        macs = ["52:54:00:00:00:01"]
+        ip = "192.0.2.10"
+        [nodes.fake01.ssh]
+        address = "192.0.2.10"
+        [nodes.fake01.power]
+        driver = "manual"
+        [nodes.fake01.hardware]
+        fpga = "Xilinx Virtex-5 LX330"
+        accelerators = ["Convey HC-2ex"]
+        """))
+    return path
+
+
+@pytest.fixture
+def one(tmp_path, inventory):
+    return OpenNebula(tmp_path / "one", inventory)
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left(request):
+    """Whatever a test did, no monitor daemon it started survives it."""
+    yield
+    if "one" not in request.fixturenames:
+        return
+    one = request.getfixturevalue("one")
+    import os
+    import signal
+    import time
+    pid_file = one.state_dir / "monitor" / "daemon.pid"
+    for _ in range(50):
+        if not pid_file.exists():
+            return
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            return
+        time.sleep(0.1)
