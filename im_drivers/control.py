@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bmm.config import load_config
 from bmm.errors import BmmError, ConfigError
+from bmm.inventory import node_for_host
 from bmm.opennebula import driver_input, monitor
 from bmm.opennebula.xmlsafe import InputError, parse_xml
 from im_drivers import hosts
@@ -55,18 +56,12 @@ def parse_monitor_config(xml: bytes, fallback_address: str, fallback_port: int) 
 
 
 def build_report(config, node_name: str):
-    from bmm.inventory import load_inventory
-
-    inventory = load_inventory(config.inventory, extra_kinds=tuple(config.kinds))
-    node = inventory.nodes.get(node_name)
-    if node is None:
-        raise ConfigError(f"host {node_name!r} is not in the bmm inventory ({config.inventory})")
-    store = None
+    node = node_for_host(config, node_name)
     try:
-        from bmm.state import StateStore
+        from bmm.state import open_store
 
-        store = StateStore(config.state_db)
-    except (ImportError, BmmError, OSError):
+        store = open_store(config=config)
+    except (BmmError, OSError):
         store = None
     return report_class(node.kind, config)(node, config, store)
 

@@ -78,6 +78,13 @@ def main() -> None:
         pid_path.write_text(f"{os.getpid()}\n")
         log.info("bmm monitor daemon started")
         try:
+            from bmm.state import open_store
+
+            for node, old in open_store(config=config).recover():
+                log.warning("node %s was left %s by a process that is gone: now in error", node, old)
+        except (BmmError, OSError) as exc:
+            log.warning("state recovery failed: %s", exc)
+        try:
             run(config)
         finally:
             pid_path.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import importlib
 
 from bmm.config import Config
 from bmm.errors import ConfigError
+from bmm.inventory import node_for_host
 from vmm_drivers.base import MachineDriver
 
 BUILTIN_KINDS = {
@@ -41,10 +42,4 @@ def driver_class(kind: str, config: Config, *, node_name: str = "") -> type[Mach
 
 def find_node(config: Config, host: str):
     """The inventory entry for an OpenNebula host name."""
-    from bmm.inventory import load_inventory
-
-    inventory = load_inventory(config.inventory, extra_kinds=tuple(config.kinds))
-    node = inventory.nodes.get(host)
-    if node is None:
-        raise ConfigError(f"host {host!r} is not in the bmm inventory ({config.inventory})")
-    return node
+    return node_for_host(config, host)

@@ -31,16 +31,9 @@ def inventory(tmp_path):
 
 @pytest.fixture
 def one(tmp_path, inventory):
-    return OpenNebula(tmp_path / "one", inventory)
-
-
-@pytest.fixture(autouse=True)
-def _no_daemon_left(request):
-    """Whatever a test did, no monitor daemon it started survives it."""
-    yield
-    if "one" not in request.fixturenames:
-        return
-    one = request.getfixturevalue("one")
+    """OpenNebula's drivers around an installed bmm; no monitor daemon survives the test."""
+    one = OpenNebula(tmp_path / "one", inventory)
+    yield one
     import os
     import signal
     import time

@@ -32,8 +32,9 @@ class Monitord:
         self.tcp.listen(8)
         self.raw: list[tuple[str, bytes]] = []
         self.stop = False
-        for target in (self._udp_loop, self._tcp_loop):
-            threading.Thread(target=target, daemon=True).start()
+        self.threads = [threading.Thread(target=t, daemon=True) for t in (self._udp_loop, self._tcp_loop)]
+        for thread in self.threads:
+            thread.start()
 
     def _udp_loop(self):
         self.udp.settimeout(0.2)
@@ -65,6 +66,8 @@ class Monitord:
 
     def close(self):
         self.stop = True
+        for thread in self.threads:
+            thread.join(timeout=2)
         self.udp.close()
         self.tcp.close()
 
