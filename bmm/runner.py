@@ -106,14 +106,16 @@ class LocalExecutor:
             raise FatalError(f"{argv[0]} is not installed", node=self.node) from None
         deadline = time.monotonic() + timeout
         try:
-            while True:
-                chunk = source()
-                if chunk is None:
-                    break
-                proc.stdin.write(chunk)
-                if time.monotonic() > deadline:
-                    raise TimeoutExpired(f"{argv[0]} did not finish within {timeout:g} s", node=self.node)
-            proc.stdin.close()
+            try:
+                while True:
+                    chunk = source()
+                    if chunk is None:
+                        break
+                    proc.stdin.write(chunk)
+                    if time.monotonic() > deadline:
+                        raise TimeoutExpired(f"{argv[0]} did not finish within {timeout:g} s", node=self.node)
+            except BrokenPipeError:
+                pass        # the receiver ended early: its exit status and stderr say why
             out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise TimeoutExpired(f"{argv[0]} did not finish within {timeout:g} s", node=self.node) from None

@@ -189,6 +189,9 @@ class SshSession:
                 )
             time.sleep(0.01)
         code = chan.recv_exit_status()
+        if code == -1:
+            raise TransientError(f"ssh {self.target.describe()}: link lost: {argv[0]} ended without an exit status",
+                                 node=self.target.node)
         result = Result(
             argv, code,
             redact(out.decode(errors="replace"), secrets),
