@@ -1,0 +1,1 @@
+"""Boot mechanisms: how a node is made to boot what bmm chose."""

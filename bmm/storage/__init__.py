@@ -1,0 +1,1 @@
+"""Node storage: LVM volumes, image reading, streaming and adaptation."""
