@@ -66,8 +66,8 @@ fi
 
 # --- system packages -------------------------------------------------------------------------
 RUNTIME_PKGS=(python3 python3-venv python3-pip ipmitool openssh-client telnet qemu-utils xorriso
-              lvm2 grub-common e2fsprogs util-linux iproute2 procps tftp-hpa)
-LAB_PKGS=(openipmi openssh-server grub2-common grub-pc-bin tftpd-hpa busybox-static cpio fdisk
+              lvm2 grub-common e2fsprogs util-linux fdisk iproute2 procps tftp-hpa)
+LAB_PKGS=(openipmi openssh-server grub2-common grub-pc-bin tftpd-hpa busybox-static cpio
           nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind dosfstools)
 DEV_PKGS=(expect)
 PKGS=("${RUNTIME_PKGS[@]}")
@@ -126,6 +126,17 @@ fi
 if [ "$(readlink /usr/local/bin/bmm 2>/dev/null)" != "$PREFIX/bin/bmm" ]; then
     ln -sfn "$PREFIX/bin/bmm" /usr/local/bin/bmm
     say "linked /usr/local/bin/bmm"
+fi
+
+# State (node database, locks, power pacing) lives in /var/lib/one/bmm, shared by the remotes
+# (run as oneadmin) and the bmm command.
+if [ ! -d /var/lib/one/bmm ]; then
+    mkdir -p /var/lib/one/bmm
+    chmod 0750 /var/lib/one/bmm
+    say "created /var/lib/one/bmm"
+fi
+if id oneadmin >/dev/null 2>&1 && [ "$(stat -c %U /var/lib/one/bmm)" != oneadmin ]; then
+    chown oneadmin: /var/lib/one/bmm
 fi
 
 # --- OpenNebula --------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ STABLE = frozenset(STATES) - TRANSIENT
 # owner is this process or a dead one (see transition()).
 TRANSITIONS: dict[str, frozenset[str]] = {
     AVAILABLE: frozenset({DEPLOYING, CLEANING, MAINTENANCE, ERROR}),
-    DEPLOYING: frozenset({ACTIVE, ERROR}),
+    DEPLOYING: frozenset({ACTIVE, CLEANING, ERROR}),   # cleaning: a failed prolog rolled back
     ACTIVE: frozenset({STOPPING, DELETING, MAINTENANCE, ERROR}),
     STOPPING: frozenset({OFF, ACTIVE, ERROR}),           # -> active: stop failed, node still up
     OFF: frozenset({DEPLOYING, DELETING, MAINTENANCE, ERROR}),   # deploying: resume

@@ -65,7 +65,8 @@ class Execution:
 class OpenNebula:
     """A remotes directory with bmm installed, and the calls oned's drivers would make."""
 
-    def __init__(self, root: Path, inventory: Path, *, state_dir: Path | None = None, version: str | None = "7.0.0"):
+    def __init__(self, root: Path, inventory: Path, *, state_dir: Path | None = None, version: str | None = "7.0.0",
+                 settings: str = ""):
         self.root = root
         self.remotes = root / "remotes"
         self.state_dir = state_dir or root / "state"
@@ -77,6 +78,7 @@ class OpenNebula:
             inventory = "{inventory}"
             state_db = "{self.state_dir / 'state.db'}"
             lock_wait_s = 5
+            {settings}
             [kinds]
             fake = {{ vmm = "tests.fakekind:FakeDriver", im = "tests.fakekind:FakeReport" }}
             """))
