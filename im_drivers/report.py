@@ -90,4 +90,36 @@ class HostReport:
         ]
 
     def vms(self) -> list[VmReport]:
-        return []
+        """The node's instance, if it holds one in a stable state: RUNNING when powered and
+        answering, POWEROFF when off. Transient states (deploying, stopping, deleting) are not
+        reported: the action in flight owns the VM's state, and a RUNNING sent during BOOT
+        would make oned think the deploy finished."""
+        record = self.record()
+        if record is None or record.vm_id is None or record.state not in ("active", "off"):
+            return []
+        power = self.power_status()
+        if power == "off":
+            state = "POWEROFF"
+        elif power == "on" or self.answers():
+            state = "RUNNING"
+        else:
+            return []
+        memory = int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0
+        return [VmReport(record.vm_id, f"bmm-{self.node.name}-{record.vm_id}", state,
+                         {"CPU": 0, "MEMORY": memory})]
+
+    def power_status(self) -> str:
+        try:
+            from bmm.power import power_for
+
+            return power_for(self.node).status()
+        except Exception:   # a report never fails because a BMC is away: the state is unknown
+            return "unknown"
+
+    def answers(self) -> bool:
+        from bmm.transport.ssh import reachable
+
+        try:
+            return reachable(self.node.ssh.target(self.node.name), 3.0)
+        except Exception:
+            return False

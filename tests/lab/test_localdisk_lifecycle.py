@@ -167,3 +167,35 @@ def test_full_life_cycle(world):
     assert env.get("saved_entry") == "home"
     assert f"bmm-vm{VM}" not in home(lab, node, ["cat", "/boot/grub/custom.cfg"])
     assert store.get(node).state == "available" and store.get(node).vm_id is None
+
+
+def test_monitoring_reports_the_instance_from_power_and_state(world):
+    """The IM report of a lab server: capacity from the inventory, the instance RUNNING while
+    powered, POWEROFF when the BMC says off, nothing once the node is available."""
+    from bmm.inventory import node_for_host
+    from im_drivers.messages import payloads
+    from im_drivers.registry import report_class
+    from bmm.opennebula import template
+
+    lab, one, user_key, image, tmp = world
+    node_name = lab.servers[1]
+    config = load_config(one.remotes / "etc" / "bmm" / "bmm.toml")
+    node = node_for_host(config, node_name)
+    store = open_store(config=config)
+    report = report_class(node.kind, config)(node, config, store)
+    system = dict(template.parse(payloads(report, ("SYSTEM_HOST",))["SYSTEM_HOST"]))
+    assert system["TOTALCPU"] == str(node.cpus * 100) and system["HYPERVISOR"] == "bmm"
+    assert payloads(report, ("STATE_VM",))["STATE_VM"] == ""          # available: no instance
+    store.transition(node_name, "deploying", vm_id=77)
+    store.transition(node_name, "active", vm_id=77)
+    try:
+        lab.ipmitool(node_name, "chassis", "power", "on")
+        assert template.parse(payloads(report, ("STATE_VM",))["STATE_VM"]) == [
+            ("VM", {"ID": "77", "DEPLOY_ID": f"bmm-{node_name}-77", "STATE": "RUNNING"})]
+        lab.ipmitool(node_name, "chassis", "power", "off")
+        assert template.parse(payloads(report, ("STATE_VM",))["STATE_VM"])[0][1]["STATE"] == "POWEROFF"
+    finally:
+        store.transition(node_name, "deleting")
+        store.transition(node_name, "cleaning")
+        store.transition(node_name, "available")
+        lab.ipmitool(node_name, "chassis", "power", "on")
