@@ -1028,20 +1028,9 @@ class BoardInit:
             _sh("mount", "-t", "proc", "proc", proc)
 
     def users(self) -> None:
-        """sshd looks users up before it chroots: give it the board's users (+ its own)."""
-        users = []
-        try:
-            with open(BOARD_ROOT + "/etc/passwd") as f:
-                users = [line.rstrip("\n") for line in f if line.count(":") == 6]
-        except OSError:
-            pass
-        if not any(u.startswith("root:") for u in users):
-            users.insert(0, "root:x:0:0:root:/root:/bin/sh")
-        with open("/etc/passwd") as f:
-            users += [line.rstrip("\n") for line in f if line.startswith("sshd:")]
-        with open(BOARD_MNT + "/passwd", "w") as f:
-            f.write("\n".join(users) + "\n")
-        _sh("mount", "--bind", BOARD_MNT + "/passwd", "/etc/passwd")
+        from bmm.lab.nodeinit import chroot_users
+
+        chroot_users(BOARD_ROOT, BOARD_MNT, _sh)
 
     def run(self) -> int:
         s = self.spec

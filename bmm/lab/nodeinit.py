@@ -39,6 +39,24 @@ def say(msg: str) -> None:
     sys.stdout.flush()
 
 
+def chroot_users(root: str, scratch: str, run) -> None:
+    """sshd looks users up before it chroots: bind a passwd holding the chroot's users (root
+    at least) plus sshd's own privilege-separation user over /etc/passwd in this namespace."""
+    users = []
+    try:
+        with open(root + "/etc/passwd") as f:
+            users = [line.rstrip("\n") for line in f if line.count(":") == 6]
+    except OSError:
+        pass
+    if not any(u.startswith("root:") for u in users):
+        users.insert(0, "root:x:0:0:root:/root:/bin/sh")
+    with open("/etc/passwd") as f:
+        users += [line.rstrip("\n") for line in f if line.startswith("sshd:")]
+    with open(scratch + "/passwd", "w") as f:
+        f.write("\n".join(users) + "\n")
+    run("mount", "--bind", scratch + "/passwd", "/etc/passwd")
+
+
 def sh(*argv: str) -> None:
     res = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
     if res.returncode != 0:
@@ -119,20 +137,7 @@ class Init:
         proc = TENANT_ROOT + "/proc"
         if os.path.isdir(proc):
             sh("mount", "-t", "proc", "proc", proc)
-        # sshd looks users up before it chroots: give it the tenant's users (+ its own)
-        users = []
-        try:
-            with open(TENANT_ROOT + "/etc/passwd") as f:
-                users = [line.rstrip("\n") for line in f if line.count(":") == 6]
-        except OSError:
-            pass
-        if not any(u.startswith("root:") for u in users):
-            users.insert(0, "root:x:0:0:root:/root:/bin/sh")
-        with open("/etc/passwd") as f:
-            users += [line.rstrip("\n") for line in f if line.startswith("sshd:")]
-        with open(TENANT_MNT + "/passwd", "w") as f:
-            f.write("\n".join(users) + "\n")
-        sh("mount", "--bind", TENANT_MNT + "/passwd", "/etc/passwd")
+        chroot_users(TENANT_ROOT, TENANT_MNT, sh)
         name = "Linux"
         try:
             for line in open(TENANT_ROOT + "/etc/os-release"):

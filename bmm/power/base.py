@@ -246,6 +246,17 @@ class Power:
     def what(self) -> str:
         return f"{self.driver} {self.endpoint}"
 
+    @property
+    def password(self) -> str:
+        """The secret from the node's password_file, read once, on first use."""
+        if getattr(self, "_password", None) is None:
+            self._password = read_password_file(self.password_file, node=self.node, what=self.what)
+        return self._password
+
+    def _secrets(self):
+        secret = getattr(self, "_password", None)
+        return (secret,) if secret else ()
+
     def clean(self, text: str) -> str:
         """Redact this driver's secrets. Applied where text from a peer or a tool enters
         (ipmitool output, the PDU's answers, exception texts), so messages built from that

@@ -106,15 +106,6 @@ class IpmiPower(Power):
     def pace_key(self) -> str:
         return f"bmc:{self.host}:{self.port}"
 
-    @property
-    def password(self) -> str:
-        if self._password is None:
-            self._password = read_password_file(self.password_file, node=self.node, what=self.what)
-        return self._password
-
-    def _secrets(self):
-        return (self._password,) if self._password else ()
-
     def base_argv(self) -> list[str]:
         argv = [IPMITOOL, "-v", "-I", self.interface, "-H", self.host, "-p", str(self.port),
                 "-U", self.user, "-L", self.privilege]

@@ -180,15 +180,6 @@ class PduPower(Power):
     def pace_key(self) -> str:
         return f"pdu:{self.host}:{self.port}"
 
-    @property
-    def password(self) -> str:
-        if self._password is None:
-            self._password = read_password_file(self.password_file, node=self.node, what=self.what)
-        return self._password
-
-    def _secrets(self):
-        return (self._password,) if self._password else ()
-
     # -- the client ---------------------------------------------------------------------------
 
     def client_argv(self, timeout: float) -> list[str]:
