@@ -100,6 +100,28 @@ _held: dict[tuple[str, str], list] = {}
 _held_guard = threading.Lock()
 
 
+BUSY_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def flock_until(fd: int, deadline: float, *, interval: float = 0.1, max_interval: float | None = None) -> bool:
+    """Take an exclusive flock on fd, polling until the monotonic deadline. True once held,
+    False if the deadline passed first; errors other than "held by someone else" are raised.
+    The poll interval grows by half each round, up to max_interval (default: interval)."""
+    max_interval = interval if max_interval is None else max_interval
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in BUSY_ERRNOS:
+                raise
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, max_interval)
+
+
 class NodeLocks:
     """Per-node exclusive locks as files in `directory`."""
 
@@ -190,24 +212,16 @@ class NodeLocks:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
         except OSError as exc:
             raise BmmError(f"cannot open lock file {path}: {exc.strerror}", node=name) from None
-        deadline = time.monotonic() + max(0.0, wait)
-        interval = self.poll_s
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                        raise BmmError(f"cannot lock {path}: {exc.strerror}", node=name) from None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                time.sleep(min(interval, remaining))
-                interval = min(interval * 1.5, 0.5)
+            acquired = flock_until(fd, time.monotonic() + max(0.0, wait), interval=self.poll_s, max_interval=0.5)
+        except OSError as exc:
+            os.close(fd)
+            raise BmmError(f"cannot lock {path}: {exc.strerror}", node=name) from None
         except BaseException:
             os.close(fd)
             raise
+        if acquired:
+            return fd
         os.close(fd)
         holder = self.holder(name)
         if holder is not None:

@@ -10,10 +10,31 @@ and the guest's one-context package (CONTEXT iso -> ssh key + hostname).
 See docs/lab.md (users) and docs/lab-internals.md (contract for the board half and tests).
 """
 
+import contextlib
+import os
+import time
+from pathlib import Path
+
 from bmm.errors import BmmError
+from bmm.locks import flock_until
 
 DEFAULT_DIR = "/var/tmp/bmm-lab"
+# Host-wide: serialises what every lab on this machine shares (network allocation, rpcbind).
+HOST_LOCK = Path("/run/lock/bmm-lab.lock")
 
 
 class LabError(BmmError):
     """A lab operation failed; the message names the node (when there is one) and the cause."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: float, what: str):
+    """Hold an exclusive flock on path, waiting at most `wait` seconds, else LabError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not flock_until(fd, time.monotonic() + wait):
+            raise LabError(f"{what} is busy (another bmm lab command holds {path}); waited {wait:g} s")
+        yield
+    finally:
+        os.close(fd)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -58,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bmm.errors import BmmError
-from bmm.lab import LabError
+from bmm.lab import HOST_LOCK, LabError, file_lock
 from bmm.runner import run
 
 try:  # the daemon's base class when it exists (duck typing works as well)
@@ -78,7 +77,6 @@ BOARD_ROOT = "/mnt/root"      # the board's root: sshd ChrootDirectory
 ROOT_KINDS = ("nfs", "tmpfs", "/dev/sda1")
 SDA_SIZE = 256 * 1024 * 1024
 TMPFS_SIZE = "512m"
-HOST_LOCK = "/run/lock/bmm-lab.lock"
 REPO = str(Path(__file__).resolve().parents[2])
 
 FETCH_TIMEOUT = 15.0
@@ -147,24 +145,9 @@ def _ssh_keygen(path: Path, comment: str) -> None:
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], timeout=30)
 
 
-@contextlib.contextmanager
 def host_lock(timeout: float = 60.0):
     """The host-wide lab lock (shared with the lab core): serialises rpcbind/ganesha start."""
-    os.makedirs(os.path.dirname(HOST_LOCK), exist_ok=True)
-    fd = os.open(HOST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LabError(f"the host-wide lab lock {HOST_LOCK} is busy for more than {timeout:g} s")
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(HOST_LOCK, wait=timeout, what="the host-wide lab lock")
 
 
 def _tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -11,7 +11,6 @@ scans of netns, links, loop devices and processes), so it also works after `kill
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import ipaddress
 import os
@@ -27,12 +26,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bmm.lab import DEFAULT_DIR, LabError, bmc, firmware, lvm, names, netns, server, shims
+from bmm.lab import DEFAULT_DIR, HOST_LOCK, LabError, file_lock, bmc, firmware, lvm, names, netns, server, shims
 from bmm.lab import state as labstate
 from bmm.lab import toml
 from bmm.runner import run
 
-GLOBAL_LOCK = Path("/run/lock/bmm-lab.lock")
 DEFAULT_NET = "10.213.0.0/16"
 DEFAULT_DISK = "4G"
 BMC_USER = "admin"
@@ -93,25 +91,6 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)]
 
 
-@contextlib.contextmanager
-def _flock(path: Path, *, wait: float, what: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LabError(f"{what} is busy (another bmm lab command holds {path}); waited {wait:g} s") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _port_free(port: int, kind: int) -> bool:
     s = socket.socket(socket.AF_INET, kind)
     try:
@@ -149,7 +128,7 @@ def up(lab_dir=None, *, servers: int = 2, boards: int | None = None, disk_size: 
     if disk_bytes < 64 * 2**20:
         raise LabError("--disk-size must be at least 64M")
     d.mkdir(parents=True, exist_ok=True)
-    with _flock(d / ".lock", wait=5, what=f"lab dir {d}"):
+    with file_lock(d / ".lock", wait=5, what=f"lab dir {d}"):
         old = labstate.load(d, missing_ok=True)
         if old is not None and old.get("state") != "down":
             raise LabError(f"a lab (id {old.get('id')}) is already {old.get('state', 'up')} in {d}; "
@@ -223,7 +202,7 @@ def _allocate_and_wire(lab: dict, net: str | None, steps: Steps) -> None:
         raise LabError(f"bad --net {net!r}: {exc}") from None
     if base.prefixlen != 16 or base.version != 4 or not str(base).startswith("10."):
         raise LabError("--net must be a 10.X.0.0/16 network")
-    with _flock(GLOBAL_LOCK, wait=120, what="lab network allocation"):
+    with file_lock(HOST_LOCK, wait=120, what="lab network allocation"):
         used = netns.used_networks()
         x0 = int(str(base).split(".")[1])
         chosen = None
@@ -506,7 +485,7 @@ def down(lab_dir=None, *, say: Progress = _quiet, purge: bool = False) -> dict:
         raise LabError("bmm lab down needs root")
     if not d.exists():
         raise LabError(f"no lab in {d} (it does not exist)")
-    with _flock(d / ".lock", wait=60, what=f"lab dir {d}"):
+    with file_lock(d / ".lock", wait=60, what=f"lab dir {d}"):
         report = _down_locked(d, say=say)
     if purge:
         shutil.rmtree(d, ignore_errors=True)

@@ -21,7 +21,6 @@ Power adds the rest:
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bmm.errors import BmmError, ConfigError, FatalError, TimeoutExpired, TransientError
+from bmm.locks import flock_until
 from bmm.runner import redact
 
 log = logging.getLogger("bmm.power")
@@ -164,15 +164,9 @@ class Pacer:
         interval, but never past `deadline` (monotonic): then TimeoutExpired."""
         fd = self._open(node)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutExpired(f"{what}: another command to it did not finish "
-                                             f"before the deadline", node=node) from None
-                    time.sleep(0.05)
+            if not flock_until(fd, deadline, interval=0.05):
+                raise TimeoutExpired(f"{what}: another command to it did not finish "
+                                     f"before the deadline", node=node)
             raw = os.pread(fd, 64, 0).decode(errors="replace").strip()
             try:
                 last = float(raw)
