@@ -212,6 +212,7 @@ class Power:
         self.retries = int(self.settings.get("retries", DEFAULTS["retries"]))
         self.command_timeout_s = float(self.settings.get("command_timeout_s", DEFAULTS["command_timeout_s"]))
         self._pacer: Pacer | None = None
+        self._password: str | None = None      # read from password_file on first use
 
     # -- what a driver provides ----------------------------------------------------------------
 
@@ -226,7 +227,7 @@ class Power:
         return f"{self.driver}:{self.endpoint}"
 
     def _secrets(self) -> Iterable[str]:
-        return ()
+        return (self._password,) if self._password else ()
 
     def _status_once(self, timeout: float) -> str:
         raise NotImplementedError
@@ -243,13 +244,9 @@ class Power:
     @property
     def password(self) -> str:
         """The secret from the node's password_file, read once, on first use."""
-        if getattr(self, "_password", None) is None:
+        if self._password is None:
             self._password = read_password_file(self.password_file, node=self.node, what=self.what)
         return self._password
-
-    def _secrets(self):
-        secret = getattr(self, "_password", None)
-        return (secret,) if secret else ()
 
     def clean(self, text: str) -> str:
         """Redact this driver's secrets. Applied where text from a peer or a tool enters

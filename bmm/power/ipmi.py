@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bmm.errors import FatalError, TimeoutExpired
-from bmm.power.base import Power, read_password_file
+from bmm.power.base import Power
 from bmm.runner import Result, last_line, run
 
 IPMITOOL = "ipmitool"
@@ -96,7 +96,6 @@ class IpmiPower(Power):
         self.cipher_suite: int = int(s.get("cipher_suite", 3))
         self.privilege: str = s.get("privilege", "ADMINISTRATOR")
         self._runner = runner
-        self._password: str | None = None
 
     @property
     def endpoint(self) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bmm.errors import ConfigError
-from bmm.power.base import Power, read_password_file
+from bmm.power.base import Power
 
 
 REQUIRED_DIALECT_KEYS = ("password_prompt", "prompt", "on", "off", "status", "status_pattern",
@@ -168,7 +168,6 @@ class PduPower(Power):
         self.known_hosts: str | None = s.get("known_hosts")
         self.host_key_policy: str = s.get("host_key_policy", "accept-new")
         self._spawn = spawn
-        self._password: str | None = None
         if self.host.startswith("-"):
             raise ConfigError(f"power.host {self.host!r} is not a host name", node=node)
 
