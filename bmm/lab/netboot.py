@@ -47,7 +47,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tarfile
@@ -60,10 +59,8 @@ from bmm.errors import BmmError
 from bmm.lab import HOST_LOCK, LabError, file_lock
 from bmm.runner import run
 
-try:  # the daemon's base class when it exists (duck typing works as well)
-    from bmm.lab.firmware import Machine as _MachineBase
-except ImportError:  # pragma: no cover - the core module is optional for the board half
-    _MachineBase = object
+from bmm.lab.firmware import Machine
+from bmm.lab.nodeinit import chroot_users, populate_dev, supervise_sshd
 
 # Offsets into the lab's board port range (fw.board_port(i) = port_base + 50 + i).
 PORT_PDU_TELNET = 0
@@ -650,11 +647,13 @@ Subsystem sftp internal-sftp
         run(["mkfs.ext4", "-q", "-F", "-L", f"{b}-sda1"[:16], str(spec.sda_image)], timeout=60)
 
 
-class BoardMachine(_MachineBase):
+class BoardMachine(Machine):
     """A netboot board behind a PDU outlet (implements the lab's Machine interface).
 
     power_on() applies power and returns; the board then boots in a thread (TFTP, root check,
-    sshd). power_off() is a hard off: the board's namespaces die with everything in them."""
+    sshd). power_off() is a hard off: the board's namespaces die with everything in them.
+    reset, soft_off (a board has no ACPI: the outlet is the only switch) and os_request are
+    the Machine defaults."""
 
     def __init__(self, spec: BoardSpec, *, spawn=None, log=None):
         self.spec = spec
@@ -711,19 +710,6 @@ class BoardMachine(_MachineBase):
                 self._set("off", "")
         if was_powered:
             self.console("power off")
-
-    def reset(self) -> None:
-        self.power_off()
-        self.power_on()
-
-    def soft_off(self) -> None:
-        self.power_off()            # a board has no ACPI: the PDU outlet is the only switch
-
-    def os_request(self, action: str) -> None:
-        if action == "reboot":
-            self.reset()
-        else:
-            self.power_off()
 
     def close(self) -> None:
         self.power_off()
@@ -989,30 +975,16 @@ class BoardInit:
 
     def make_dev(self) -> None:
         dev = BOARD_ROOT + "/dev"
-        if not os.path.isdir(dev):
-            os.makedirs(dev, exist_ok=True)
-        _sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "devtmpfs", dev)
-        for name, major, minor in (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-                                   ("urandom", 1, 9), ("tty", 5, 0)):
-            os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-            os.chmod(f"{dev}/{name}", 0o666)
+        populate_dev(dev, _sh, _say)
         sda = self.spec.get("sda")
         if sda:
             open(f"{dev}/sda1", "w").close()
             _sh("mount", "--bind", sda, f"{dev}/sda1")
-        os.mkdir(f"{dev}/pts")
-        try:
-            _sh("mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts", f"{dev}/pts")
-            os.symlink("pts/ptmx", f"{dev}/ptmx")
-        except RuntimeError as exc:
-            _say(f"devpts: {exc}")
         proc = BOARD_ROOT + "/proc"
         if os.path.isdir(proc):
             _sh("mount", "-t", "proc", "proc", proc)
 
     def users(self) -> None:
-        from bmm.lab.nodeinit import chroot_users
-
         chroot_users(BOARD_ROOT, BOARD_MNT, _sh)
 
     def run(self) -> int:
@@ -1042,18 +1014,8 @@ class BoardInit:
         except (OSError, ValueError, IndexError):
             pass
         _say(f"Welcome to {name}! (root {s['root']})")
-        sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", s["sshd_config"]],
-                                stdin=subprocess.DEVNULL)
-        _say(f"{s['name']} login: sshd started")
-        while True:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                time.sleep(0.5)
-                continue
-            if pid == sshd.pid:
-                _say(f"sshd exited ({status}); the board's OS is dead")
-                return 3
+        return supervise_sshd(s["sshd_config"], _say, os_name="the board's OS",
+                              started=f"{s['name']} login: sshd started")
 
 
 # ---------------------------------------------------------------------------------------------

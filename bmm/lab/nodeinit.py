@@ -57,6 +57,38 @@ def chroot_users(root: str, scratch: str, run) -> None:
     run("mount", "--bind", scratch + "/passwd", "/etc/passwd")
 
 
+def populate_dev(dev: str, run, say) -> None:
+    """A minimal /dev for a chrooted OS: the usual character devices, and devpts for sshd's ptys."""
+    os.makedirs(dev, exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "tmpfs", dev)
+    for name, major, minor in (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+                               ("urandom", 1, 9), ("tty", 5, 0)):
+        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
+    os.mkdir(f"{dev}/pts")
+    try:
+        run("mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts", f"{dev}/pts")
+        os.symlink("pts/ptmx", f"{dev}/ptmx")
+    except RuntimeError as exc:
+        say(f"devpts: {exc}")
+
+
+def supervise_sshd(sshd_config: str, say, *, started: str, os_name: str) -> int:
+    """Run sshd as the OS's one service and reap orphans (we are pid 1); when sshd dies, the
+    OS is dead: return 3."""
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", sshd_config], stdin=subprocess.DEVNULL)
+    say(started)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            time.sleep(0.5)
+            continue
+        if pid == sshd.pid:
+            say(f"sshd exited ({status}); {os_name} is dead")
+            return 3
+
+
 def sh(*argv: str) -> None:
     res = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
     if res.returncode != 0:
@@ -133,7 +165,7 @@ class Init:
         os.chown(TENANT_ROOT, 0, 0)
         os.chmod(TENANT_ROOT, os.stat(TENANT_ROOT).st_mode & ~0o022)
         self.apply_context()
-        self.tenant_dev()
+        populate_dev(TENANT_ROOT + "/dev", sh, say)
         proc = TENANT_ROOT + "/proc"
         if os.path.isdir(proc):
             sh("mount", "-t", "proc", "proc", proc)
@@ -146,21 +178,6 @@ class Init:
         except (OSError, ValueError, IndexError):
             pass
         say(f"Welcome to {name}!")
-
-    def tenant_dev(self) -> None:
-        dev = TENANT_ROOT + "/dev"
-        os.makedirs(dev, exist_ok=True)
-        sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "tmpfs", dev)
-        for name, major, minor in (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-                                   ("urandom", 1, 9), ("tty", 5, 0)):
-            os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-            os.chmod(f"{dev}/{name}", 0o666)
-        os.mkdir(f"{dev}/pts")
-        try:
-            sh("mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts", f"{dev}/pts")
-            os.symlink("pts/ptmx", f"{dev}/ptmx")
-        except RuntimeError as exc:
-            say(f"devpts: {exc}")
 
     def apply_context(self) -> None:
         """Emulates the guest's one-context package: SSH_PUBLIC_KEY, SET_HOSTNAME."""
@@ -207,18 +224,8 @@ class Init:
         signal.signal(signal.SIGINT, lambda *a: self.reboot(RB_AUTOBOOT))
         signal.signal(signal.SIGUSR1, lambda *a: self.reboot(RB_POWER_OFF))
         signal.signal(signal.SIGUSR2, lambda *a: self.reboot(RB_POWER_OFF))
-        sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", spec["sshd_config"]],
-                                stdin=subprocess.DEVNULL)
-        say(f"{spec['hostname']} login: sshd on {spec['address']}:22")
-        while True:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                time.sleep(0.5)
-                continue
-            if pid == sshd.pid:
-                say(f"sshd exited ({status}); the OS is dead")
-                return 3
+        return supervise_sshd(spec["sshd_config"], say, os_name="the OS",
+                              started=f"{spec['hostname']} login: sshd on {spec['address']}:22")
 
 
 def main() -> int:
