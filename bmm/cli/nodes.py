@@ -211,6 +211,15 @@ def _history_dicts(store: StateStore, name: str, limit: int) -> list[dict]:
              "reason": h.reason, "pid": h.pid} for h in store.history(name, limit)]
 
 
+def _echo_history(history: list[dict]) -> None:
+    if history:
+        click.echo("  history:")
+        for h in history:
+            vm = f"  vm {h['vm_id']}" if h["vm_id"] is not None else ""
+            why = f"  ({h['reason']})" if h["reason"] else ""
+            click.echo(f"    {h['at']}  {h['from']} -> {h['to']}{vm}{why}")
+
+
 def _echo_state(rec, holder, history) -> None:
     line = f"  state:      {_state_text(rec)}"
     if rec.vm_id is not None:
@@ -225,12 +234,7 @@ def _echo_state(rec, holder, history) -> None:
     if rec.last_error:
         click.echo(f"  last error: {rec.last_error}")
     click.echo(f"  locked by:  {holder.describe() if holder else '-'}")
-    if history:
-        click.echo("  history:")
-        for h in history:
-            vm = f"  vm {h['vm_id']}" if h["vm_id"] is not None else ""
-            why = f"  ({h['reason']})" if h["reason"] else ""
-            click.echo(f"    {h['at']}  {h['from']} -> {h['to']}{vm}{why}")
+    _echo_history(history)
 
 
 @cli.command()
@@ -288,12 +292,7 @@ def show(name, inventory, state_db, as_json, with_power, power_timeout, history_
         click.echo("  hardware:")
         for key, value in thaw(node.hardware).items():
             click.echo(f"    {key} = {json.dumps(value, default=str)}")
-    if history:
-        click.echo("  history:")
-        for h in history:
-            vm = f"  vm {h['vm_id']}" if h["vm_id"] is not None else ""
-            why = f"  ({h['reason']})" if h["reason"] else ""
-            click.echo(f"    {h['at']}  {h['from']} -> {h['to']}{vm}{why}")
+    _echo_history(history)
 
 
 @cli.command()
