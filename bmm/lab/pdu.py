@@ -622,6 +622,18 @@ class PduServer:
         pass_ok = hmac.compare_digest(password.encode(), expected.encode())
         return user_ok and pass_ok
 
+    def _converse(self, cli: "CliSession", reader: "_LineReader", peer: str) -> None:
+        """Banner, then prompt / read / handle until the user leaves, hangs up or we stop."""
+        cli.banner()
+        while not self.stopping.is_set():
+            cli.prompt()
+            line = reader.readline()
+            if line is None:
+                self.log(f"{peer}: disconnected")
+                return
+            if not cli.handle(line):
+                return
+
     # -- telnet -----------------------------------------------------------------------------
 
     def _serve_telnet(self, conn: socket.socket, peer: str) -> None:
@@ -661,16 +673,7 @@ class PduServer:
             return
         user = user.strip()
         self.log(f"{peer}: {user} logged in")
-        cli = CliSession(self, write, peer, user)
-        cli.banner()
-        while not self.stopping.is_set():
-            cli.prompt()
-            line = reader.readline()
-            if line is None:
-                self.log(f"{peer}: disconnected")
-                return
-            if not cli.handle(line):
-                return
+        self._converse(CliSession(self, write, peer, user), reader, peer)
 
     # -- ssh --------------------------------------------------------------------------------
 
@@ -711,16 +714,7 @@ class PduServer:
 
             echo = (lambda b: chan.sendall(b)) if iface.pty else None
             reader = _LineReader(recv, echo)
-            cli = CliSession(self, write, peer, iface.user or "?")
-            cli.banner()
-            while not self.stopping.is_set():
-                cli.prompt()
-                line = reader.readline()
-                if line is None:
-                    self.log(f"{peer}: disconnected")
-                    break
-                if not cli.handle(line):
-                    break
+            self._converse(CliSession(self, write, peer, iface.user or "?"), reader, peer)
             try:
                 chan.send_exit_status(0)
             except (OSError, EOFError, paramiko.SSHException):
