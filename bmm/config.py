@@ -82,3 +82,14 @@ def load_config(path: Path | str | None = None, *, remote_script: str | None = N
                 value = path.parent / value
         values[key] = value
     return Config(source=path, **values)
+
+
+def resolve_path(explicit: str | os.PathLike | None, env_var: str, key: str, config: Config | None = None) -> Path:
+    """A path setting: an explicit value (a command-line option) wins, then the environment
+    variable, then bmm's configuration."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(env_var)
+    if env:
+        return Path(env)
+    return Path(getattr(config or load_config(), key))

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from bmm.config import DEFAULT_INVENTORY, Config, load_config
+from bmm.config import Config, load_config, resolve_path
 from bmm.errors import ConfigError
 
 KINDS = ("localdisk", "netboot")
@@ -189,15 +189,8 @@ class Problem:
 # --------------------------------------------------------------------------- path resolution
 
 def inventory_path(explicit: str | os.PathLike | None = None, *, config: Config | None = None) -> Path:
-    """--inventory > $BMM_INVENTORY > bmm config `inventory` > /etc/one/bmm/nodes.toml."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("BMM_INVENTORY")
-    if env:
-        return Path(env)
-    if config is None:
-        config = load_config()
-    return Path(config.inventory or DEFAULT_INVENTORY)
+    """--inventory > $BMM_INVENTORY > bmm config `inventory` (default /etc/one/bmm/nodes.toml)."""
+    return resolve_path(explicit, "BMM_INVENTORY", "inventory", config)
 
 
 # --------------------------------------------------------------------------- checking
@@ -435,13 +428,13 @@ def _check_power(c: _Checker, power: Mapping) -> PowerSettings | None:
             found = validator(thaw(power))
         except Exception as exc:  # a validator bug must not hide the rest of the report
             found = [("driver", f"power settings could not be checked ({type(exc).__name__}: {exc})")]
-        for field, message in found or []:
-            field = str(field or "")
-            if not field.startswith("power"):
-                field = prefix + field if field else "power"
-            if field in already:
+        for where, message in found or []:
+            where = str(where or "")
+            if not where.startswith("power"):
+                where = prefix + where if where else "power"
+            if where in already:
                 continue  # already reported (a secret key, a missing driver)
-            c.add(field, str(message))
+            c.add(where, str(message))
     if not isinstance(driver, str):
         return None
     return PowerSettings(driver=driver, settings=_freeze(dict(power)))

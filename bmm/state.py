@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bmm.config import Config, load_config
+from bmm.config import Config, load_config, resolve_path
 from bmm.errors import BmmError, LockedError
 from bmm.locks import Holder, NodeLocks, pid_alive, process_start, utcnow
 
@@ -138,15 +138,8 @@ class HistoryEntry:
 
 
 def state_db_path(explicit: str | os.PathLike | None = None, *, config: Config | None = None) -> Path:
-    """--state-db > $BMM_STATE_DB > bmm config `state_db` > /var/lib/one/bmm/state.db."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("BMM_STATE_DB")
-    if env:
-        return Path(env)
-    if config is None:
-        config = load_config()
-    return Path(config.state_db)
+    """--state-db > $BMM_STATE_DB > bmm config `state_db` (default /var/lib/one/bmm/state.db)."""
+    return resolve_path(explicit, "BMM_STATE_DB", "state_db", config)
 
 
 def open_store(explicit: str | os.PathLike | None = None, *, config: Config | None = None) -> "StateStore":

@@ -10,6 +10,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+import bmm.config as config
 import bmm.inventory as inventory
 from bmm.cli import main
 from bmm.errors import ConfigError
@@ -237,7 +238,7 @@ def test_inventory_path_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("BMM_INVENTORY", raising=False)
     monkeypatch.delenv("BMM_CONFIG", raising=False)
     monkeypatch.setattr("bmm.config.SYSTEM_CONFIG", tmp_path / "absent.toml")
-    assert inventory_path() == inventory.DEFAULT_INVENTORY
+    assert inventory_path() == config.DEFAULT_INVENTORY
     cfg = tmp_path / "bmm.toml"
     cfg.write_text('inventory = "inv.toml"\n')
     monkeypatch.setenv("BMM_CONFIG", str(cfg))
