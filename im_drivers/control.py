@@ -15,7 +15,6 @@ import fcntl
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from bmm.config import load_config
 from bmm.errors import BmmError, ConfigError

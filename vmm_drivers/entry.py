@@ -7,13 +7,13 @@ import os
 import sys
 
 from bmm.config import load_config
-from bmm.errors import BmmError
+from bmm.inventory import node_for_host
 from bmm.opennebula import driver_input
 from bmm.opennebula.reply import Reporter, opennebula_major, print_deploy_id, run_guarded
 from bmm.opennebula.vm import parse_driver_action
 from bmm.opennebula.xmlsafe import InputError
 from vmm_drivers.base import TM_ACTIONS, VMM_ACTIONS, TmCall, VmmCall, not_supported
-from vmm_drivers.registry import driver_class, find_node
+from vmm_drivers.registry import driver_class
 
 # Actions a bare-metal machine cannot honour: refused before anything else is read.
 VMM_UNSUPPORTED = frozenset({
@@ -68,7 +68,6 @@ def vmm_main(action: str, script: str) -> None:
     """Entry point of remotes/vmm/bmm/<action>."""
     if action not in VMM_ACTIONS:
         raise SystemExit(f"internal error: unknown VMM action {action}")
-    config_holder = {}
     reporter = Reporter(opennebula_major=opennebula_major(_remotes_dir(script)))
 
     def body(rep: Reporter) -> None:
@@ -86,10 +85,9 @@ def vmm_main(action: str, script: str) -> None:
         if drv.vm.vm_id != vm_id:
             raise InputError(f"argv names VM {vm_id} but the XML describes VM {drv.vm.vm_id}")
         config = load_config(remote_script=script)
-        config_holder["config"] = config
         if config.opennebula_major is not None:
             rep.opennebula_major = config.opennebula_major
-        node = find_node(config, host)
+        node = node_for_host(config, host)
         driver = driver_class(node.kind, config, node_name=host)(node, config, rep)
         call = VmmCall(action=action, argv=sys.argv[1:], vm_id=vm_id, host=host,
                        deploy_id=args.get("deploy_id", "") or drv.deploy_id, drv_action=drv, extra=args)
@@ -175,7 +173,7 @@ def tm_main(action: str, script: str) -> None:
             rep.opennebula_major = config.opennebula_major
         if action == "mv" and call.src_host != call.host:
             raise not_supported("undeploy and cold migration (mv)")
-        node = find_node(config, call.host)
+        node = node_for_host(config, call.host)
         driver = driver_class(node.kind, config, node_name=call.host)(node, config, rep)
         getattr(driver, "tm_" + action)(call)
 

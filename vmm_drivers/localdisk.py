@@ -18,6 +18,7 @@ Disk life cycle (TM), per OpenNebula's sequencing (protocol §8.4):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -29,7 +30,8 @@ from bmm.boot import grub
 from bmm.context import build_context_iso, write_context_lv
 from bmm.errors import BmmError, FatalError, TimeoutExpired, TransientError
 from bmm.power import power_for
-from bmm.state import ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, OFF, STOPPING, open_store
+from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, MAINTENANCE, OFF, STOPPING,
+                       open_store)
 from bmm.storage import lvm
 from bmm.storage.adapt import adapt_root
 from bmm.storage.image import inspect_image, probe_layout
@@ -99,17 +101,8 @@ class LocalDiskDriver(MachineDriver):
     def _refuse_other_vm(self, record, vm_id: int) -> None:
         if record.vm_id is not None and record.vm_id != vm_id:
             raise BmmError(f"holds VM {record.vm_id}; refusing VM {vm_id} (one instance per machine)", node=self.name)
-        if record.state == "maintenance":
+        if record.state == MAINTENANCE:
             raise BmmError("is in maintenance; refusing to deploy", node=self.name)
-
-    def _move(self, to: str, *, vm_id=None, reason: str, action: str, error: str | None = None) -> None:
-        kwargs = {"reason": reason, "action": action}
-        if vm_id is not None:
-            kwargs["vm_id"] = vm_id
-        if error is not None:
-            kwargs["error"] = error
-        if self.store.get(self.name).state != to or to in (DEPLOYING, DELETING, CLEANING, STOPPING):
-            self.store.transition(self.name, to, **kwargs)
 
     def _fail(self, exc: BaseException, action: str, vm_id: int | None) -> None:
         reason = getattr(exc, "reason", None) or str(exc)
@@ -123,7 +116,7 @@ class LocalDiskDriver(MachineDriver):
     def _probe(self) -> tuple[str, SshSession | None]:
         """'home' (with a session), 'other' (something that is not the home OS answers, e.g.
         the instance), or 'down'."""
-        target = SshTarget(**{**self.target.__dict__, "connect_timeout": PROBE_TIMEOUT})
+        target = dataclasses.replace(self.target, connect_timeout=PROBE_TIMEOUT)
         session = SshSession(target)
         try:
             session.connect()
@@ -227,7 +220,7 @@ class LocalDiskDriver(MachineDriver):
         vm = call.vm_id
         with self.store.lock(self.name, "deploy", vm_id=vm, wait=self.config.lock_wait_s) as rec:
             self._refuse_other_vm(rec, vm)
-            self._move(DEPLOYING, vm_id=vm, reason=f"deploy VM {vm}", action="deploy")
+            self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"deploy VM {vm}", action="deploy")
             try:
                 self._boot_instance(vm)
             except BaseException as exc:
@@ -240,7 +233,7 @@ class LocalDiskDriver(MachineDriver):
         vm = call.vm_id
         with self.store.lock(self.name, "shutdown", vm_id=vm, wait=self.config.lock_wait_s) as rec:
             self._refuse_other_vm(rec, vm)
-            self._move(STOPPING, reason=f"shutdown VM {vm}", action="shutdown")
+            self.store.transition(self.name, STOPPING, reason=f"shutdown VM {vm}", action="shutdown")
             try:
                 self.power.soft_off()
             except BmmError as exc:
@@ -306,7 +299,7 @@ class LocalDiskDriver(MachineDriver):
             self._refuse_other_vm(rec, vm)
             info = inspect_image(call.src_path)
             layout = probe_layout(call.src_path, info.format, info)
-            self._move(DEPLOYING, vm_id=vm, reason=f"clone disk {disk} of VM {vm}", action="clone")
+            self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"clone disk {disk} of VM {vm}", action="clone")
             try:
                 session = self.home_os()
                 with session:
@@ -375,7 +368,7 @@ class LocalDiskDriver(MachineDriver):
             with tempfile.TemporaryDirectory(prefix="bmm-context-") as tmp:
                 iso = os.path.join(tmp, "context.iso")
                 build_context_iso(call.src_path, call.context_files, iso, macs=self.node.macs, node=self.name)
-                self._move(DEPLOYING, vm_id=vm, reason=f"context of VM {vm}", action="context")
+                self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"context of VM {vm}", action="context")
                 try:
                     with self.home_os() as session:
                         write_context_lv(session, self.vg, context_lv(vm), iso)
@@ -396,7 +389,7 @@ class LocalDiskDriver(MachineDriver):
         lv = disk_lv(vm, disk)
         with self.store.lock(self.name, "mkimage", vm_id=vm, wait=self.config.lock_wait_s) as rec:
             self._refuse_other_vm(rec, vm)
-            self._move(DEPLOYING, vm_id=vm, reason=f"volatile disk {disk} of VM {vm}", action="mkimage")
+            self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"volatile disk {disk} of VM {vm}", action="mkimage")
             try:
                 with self.home_os() as session:
                     lvm.create_lv(session, self.vg, lv, call.size_mb * 2**20, tags=("bmm", f"bmm_vm_{vm}"))
@@ -412,7 +405,7 @@ class LocalDiskDriver(MachineDriver):
         with self.store.lock(self.name, "delete", vm_id=vm, wait=self.config.lock_wait_s) as rec:
             other = rec.vm_id is not None and rec.vm_id != vm
             if not other:
-                self._move(DELETING if rec.state != AVAILABLE else CLEANING, reason=f"delete VM {vm}", action="delete")
+                self.store.transition(self.name, DELETING if rec.state != AVAILABLE else CLEANING, reason=f"delete VM {vm}", action="delete")
             try:
                 with self.home_os() as session:
                     names = [disk_lv(vm, call.disk_id)] if call.disk_id is not None else \

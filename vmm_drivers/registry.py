@@ -1,4 +1,4 @@
-"""Find the node behind an OpenNebula host name, and the driver class for its kind."""
+"""The driver class for a node's kind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import importlib
 
 from bmm.config import Config
 from bmm.errors import ConfigError
-from bmm.inventory import node_for_host
 from vmm_drivers.base import MachineDriver
 
 BUILTIN_KINDS = {
@@ -39,7 +38,3 @@ def driver_class(kind: str, config: Config, *, node_name: str = "") -> type[Mach
         raise ConfigError(f"kind {kind!r}: {kinds[kind]} is not a MachineDriver")
     return cls
 
-
-def find_node(config: Config, host: str):
-    """The inventory entry for an OpenNebula host name."""
-    return node_for_host(config, host)
