@@ -26,24 +26,28 @@ TM_ACTIONS = (
 )
 
 # Human names for what OpenNebula calls these, used in "... is not supported on bare metal".
-ACTION_NAMES = {
+# VMM and TM share some action names with different meanings (resize, restore).
+VMM_ACTION_NAMES = {
     "save": "suspend/stop (save)", "restore": "resume from suspend (restore)",
     "migrate": "live migration", "attach_disk": "disk attach", "detach_disk": "disk detach",
     "attach_nic": "NIC attach", "detach_nic": "NIC detach",
     "snapshot_create": "VM snapshot", "snapshot_revert": "VM snapshot revert",
     "snapshot_delete": "VM snapshot delete", "resize_disk": "disk resize", "resize": "resize",
     "exec": "guest command execution", "exec_cancel": "guest command execution",
+}
+TM_ACTION_NAMES = {
     "cpds": "disk save-as (cpds)", "snap_create": "disk snapshot", "snap_create_live": "disk snapshot",
     "snap_delete": "disk snapshot delete", "snap_delete_live": "disk snapshot delete",
     "snap_revert": "disk snapshot revert", "snap_revert_live": "disk snapshot revert",
-    "tm_resize": "disk resize", "premigrate": "live migration", "postmigrate": "live migration",
+    "resize": "disk resize", "premigrate": "live migration", "postmigrate": "live migration",
     "prebackup": "backup", "prebackup_live": "backup", "postbackup": "backup",
-    "postbackup_live": "backup", "tm_restore": "backup restore", "mvds": "saving a persistent disk (mvds)",
+    "postbackup_live": "backup", "restore": "backup restore", "mvds": "saving a persistent disk (mvds)",
 }
 
 
-def not_supported(action: str) -> NotSupported:
-    return NotSupported(ACTION_NAMES.get(action, action))
+def not_supported(action: str, names: dict[str, str] = VMM_ACTION_NAMES) -> NotSupported:
+    """`<what> is not supported on bare metal`; action is looked up in names, else used as is."""
+    return NotSupported(names.get(action, action))
 
 
 @dataclass

@@ -12,7 +12,7 @@ from bmm.opennebula import driver_input
 from bmm.opennebula.reply import Reporter, opennebula_major, print_deploy_id, run_guarded
 from bmm.opennebula.vm import parse_driver_action
 from bmm.opennebula.xmlsafe import InputError
-from vmm_drivers.base import TM_ACTIONS, VMM_ACTIONS, TmCall, VmmCall, not_supported
+from vmm_drivers.base import TM_ACTION_NAMES, TM_ACTIONS, VMM_ACTIONS, TmCall, VmmCall, not_supported
 from vmm_drivers.registry import driver_class
 
 # Actions a bare-metal machine cannot honour: refused before anything else is read.
@@ -161,7 +161,7 @@ def tm_main(action: str, script: str) -> None:
 
     def body(rep: Reporter) -> None:
         if action in TM_UNSUPPORTED:
-            raise not_supported(action)
+            raise not_supported(action, TM_ACTION_NAMES)
         if action in ("monitor", "monitor_ds"):
             # The bmm system datastore is SHARED=NO: hosts report their own capacity through
             # the IM driver, so oned never asks. Answer empty rather than invent numbers.

@@ -1,7 +1,6 @@
 """The real VMM and TM scripts, driven exactly as OpenNebula's exec drivers run them."""
 
 import base64
-import json
 import os
 
 import pytest
@@ -183,7 +182,14 @@ def test_failure_text_is_the_cause_under_7_and_6_10(tmp_path, inventory, version
 
 def test_remotes_find_their_config_without_environment(one, tmp_path):
     """oned runs drivers with a bare environment: no BMM_CONFIG, config found beside the remotes."""
-    env = dict(one.env)
-    env.pop("BMM_CONFIG", None)
+    assert "BMM_CONFIG" not in one.env and "HOME" not in one.env
     ex = one.deploy(vm_xml(11, HOST), HOST, 11, tmp_path / "d11")
     assert ex.returncode == 0, ex.stderr
+
+
+def test_tm_names_its_own_meaning_of_shared_action_names(one):
+    """TM restore is a backup restore and TM resize a disk resize, not their VMM namesakes."""
+    ex = one.tm("restore", [f"{HOST}:/var/lib/one//datastores/100/7", "7", "1", "0", "0"])
+    assert_one_line_failure(ex, contains="backup restore is not supported on bare metal")
+    ex = one.tm("resize", [f"{HOST}:/var/lib/one//datastores/100/7/disk.0", "2048", "7", "100"])
+    assert_one_line_failure(ex, contains="disk resize is not supported on bare metal")
