@@ -47,6 +47,7 @@ def install_remotes(dest: Path | str, *, python: str, source: Path | str | None 
         raise ConfigError(f"--python must be an absolute path, got {python!r}")
     owner = _owner()
     report = InstallReport()
+    directories: set[Path] = set()          # dest and every directory below it we wrote into
     for tree in TREES:
         for src in sorted((source / tree).rglob("*")):
             if src.is_dir() or "__pycache__" in src.parts:
@@ -59,11 +60,7 @@ def install_remotes(dest: Path | str, *, python: str, source: Path | str | None 
                 data = f"#!{python}".encode() + data[len(SHEBANG):]
             mode = 0o755 if executable else 0o644
             target.parent.mkdir(parents=True, exist_ok=True)
-            if owner:
-                for parent in [target.parent, *target.parent.parents]:
-                    if parent == dest.parent or not str(parent).startswith(str(dest)):
-                        break
-                    os.chown(parent, *owner)
+            directories.update(dest.joinpath(*rel.parts[:depth]) for depth in range(len(rel.parts)))
             if str(rel) in CONFIG_FILES and target.exists():
                 report.kept.append(str(rel))
                 continue
@@ -77,4 +74,7 @@ def install_remotes(dest: Path | str, *, python: str, source: Path | str | None 
                 os.chown(tmp, *owner)
             os.replace(tmp, target)
             report.written.append(str(rel))
+    if owner:
+        for directory in directories:
+            os.chown(directory, *owner)
     return report
