@@ -9,7 +9,6 @@ would see, with the FAILURE text by the 7.x and 6.10 rules.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import subprocess
 import sys
@@ -52,12 +51,12 @@ class Execution:
     def reply(self, action: str, vm_id: int, major: int = 7) -> str:
         """The line oned reads."""
         if self.returncode == 0:
-            info = self.stdout.strip() if action in ("DEPLOY",) else "-"
-            if action == "DEPLOY":
-                info = info.split()[0] if info.split() else ""
-                if not info:
-                    return f"{action} FAILURE {vm_id} Empty deploy ID"
-            return f"{action} SUCCESS {vm_id} {info or '-'}"
+            if action != "DEPLOY":
+                return f"{action} SUCCESS {vm_id} -"
+            words = self.stdout.split()          # oned: `is >> deploy_id`
+            if not words:
+                return f"DEPLOY FAILURE {vm_id} Empty deploy ID"
+            return f"DEPLOY SUCCESS {vm_id} {words[0]}"
         text = self.failure_text_7 if major >= 7 else self.failure_text_610
         return f"{action} FAILURE {vm_id} {text or '-'}"
 

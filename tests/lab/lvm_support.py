@@ -17,8 +17,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from bmm.errors import BmmError, FatalError, TimeoutExpired
-from bmm.runner import LocalExecutor, Result, last_line
+from bmm.runner import LocalExecutor
 
 MiB = 1 << 20
 

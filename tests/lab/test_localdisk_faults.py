@@ -18,7 +18,7 @@ from bmm.lab.images import build_image, build_root
 from bmm.runner import LocalExecutor
 from bmm.state import open_store
 from bmm.storage.lvm import lv_segments, open_lv
-from tests.onemock import OpenNebula, drv_action, vm_xml
+from tests.onemock import OpenNebula, vm_xml
 
 SETTINGS = "ssh_wait_s = 60\nboot_wait_s = 25\npower_timeout_s = 30"
 

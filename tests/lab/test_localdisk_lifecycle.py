@@ -10,11 +10,9 @@ key from CONTEXT), the CONTEXT volume's label, the rewritten fstab.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import textwrap
 
-import paramiko
 import pytest
 
 from bmm.lab.images import build_image
@@ -75,7 +73,7 @@ def tenant(lab, node, key, cmd):
         return s.run(cmd, timeout=30).stdout
 
 
-def context_sh(tmp, user_key, macs):
+def context_sh(tmp, user_key):
     path = tmp / "context.sh"
     pub = (user_key.with_suffix(".pub")).read_text().strip()
     path.write_text(textwrap.dedent(f"""\
@@ -112,7 +110,7 @@ def test_full_life_cycle(world):
     assert any(text.startswith("fstab: dropped swap") for _, _, text in ex.log_lines), ex.log_lines
 
     # -- deploy: TM context inside DEPLOY, then the VMM deploy -------------------------------
-    ctx = context_sh(tmp, user_key, lab.node(node))
+    ctx = context_sh(tmp, user_key)
     ex = one.tm("context", [str(ctx), f"{node}:{sysdir}/disk.1", str(VM), "100"])
     assert ex.returncode == 0, ex.stderr
     ex = one.deploy(vm, node, VM, tmp / "deployment.0")
