@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from bmm.config import Config, load_config, resolve_path
-from bmm.errors import ConfigError
+from bmm.errors import ConfigError, NotInInventory
 
 KINDS = ("localdisk", "netboot")
 BOOT_METHODS = {"localdisk": ("grub",), "netboot": ("nfsroot", "tftp2stage")}
@@ -172,7 +172,7 @@ class Inventory:
         if mine:
             more = f" (and {len(mine) - 1} more; run `bmm nodes validate`)" if len(mine) > 1 else ""
             raise ConfigError(f"inventory {mine[0]}{more}")
-        raise ConfigError(f"node {name} is not in the inventory {self.path}")
+        raise NotInInventory(f"node {name} is not in the inventory {self.path}")
 
 
 @dataclass(frozen=True)
@@ -666,10 +666,8 @@ def node_for_host(config: Config, host: str) -> Node:
     own problems (or the file's) stop it, and the error names the host and the inventory."""
     path = Path(config.inventory)
     if not path.exists():
-        raise ConfigError(f"host {host!r}: the bmm inventory {path} does not exist")
+        raise ConfigError(f"host {host}: the bmm inventory {path} does not exist")
     try:
         return load_node(host, path, extra_kinds=tuple(config.kinds))
-    except ConfigError as exc:
-        if "is not in the inventory" in str(exc):
-            raise ConfigError(f"host {host!r} is not in the bmm inventory ({path})") from None
-        raise
+    except NotInInventory:
+        raise NotInInventory(f"host {host} is not in the bmm inventory ({path})") from None

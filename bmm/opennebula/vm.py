@@ -12,6 +12,7 @@ from typing import Mapping
 
 from lxml import etree
 
+from bmm.opennebula.args import parse_id
 from bmm.opennebula.xmlsafe import InputError, parse_xml
 
 
@@ -23,13 +24,11 @@ def _text(elem, path: str, default: str = "") -> str:
 
 
 def _int(elem, path: str, default: int | None = None, *, what: str) -> int | None:
+    """A non-negative integer field, strictly as oned writes it (see bmm.opennebula.args)."""
     raw = _text(elem, path)
     if raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InputError(f"{what} is not an integer: {raw!r}") from None
+    return parse_id(raw, what)
 
 
 def _float(elem, path: str, default: float | None = None, *, what: str) -> float | None:
@@ -39,7 +38,7 @@ def _float(elem, path: str, default: float | None = None, *, what: str) -> float
     try:
         return float(raw)
     except ValueError:
-        raise InputError(f"{what} is not a number: {raw!r}") from None
+        raise InputError(f"{what} is not a number") from None
 
 
 def _flat(elem) -> Mapping[str, str]:
@@ -151,7 +150,7 @@ def _nic(elem, index: int) -> Nic:
 
 def parse_vm_element(vm) -> VM:
     if vm.tag != "VM":
-        raise InputError(f"expected a <VM> element, got <{vm.tag}>")
+        raise InputError("expected a <VM> element")
     vm_id = _int(vm, "ID", what="VM ID")
     if vm_id is None:
         raise InputError("the VM has no ID")
@@ -198,7 +197,7 @@ def parse_driver_action(xml: bytes | str) -> DriverAction:
         return DriverAction(host=vm.host or "", migr_host="", deploy_id=vm.deploy_id,
                             local_deployment_file="", remote_deployment_file="", tm_command="", vm=vm)
     if root.tag != "VMM_DRIVER_ACTION_DATA":
-        raise InputError(f"expected <VMM_DRIVER_ACTION_DATA> or <VM>, got <{root.tag}>")
+        raise InputError("expected a <VMM_DRIVER_ACTION_DATA> or <VM> document")
     vm_elem = root.find("VM")
     if vm_elem is None:
         raise InputError("the driver action has no <VM>")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from lxml import etree
 
-from bmm.errors import BmmError
+from bmm.errors import InputError
 
 MAX_XML_BYTES = 16 * 1024 * 1024
 
-
-class InputError(BmmError):
-    """Driver input that cannot be used."""
+__all__ = ["MAX_XML_BYTES", "InputError", "parse_xml"]
 
 
 def parse_xml(data: bytes | str, *, what: str = "driver input") -> etree._Element:
@@ -39,7 +37,9 @@ def parse_xml(data: bytes | str, *, what: str = "driver input") -> etree._Elemen
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
-        raise InputError(f"{what} is not valid XML ({exc.msg})") from None
+        # lxml's message quotes the document (tag names, text): say where, not what
+        line, column = exc.position if exc.position else (0, 0)
+        raise InputError(f"{what} is not valid XML (line {line}, column {column})") from None
     if root is None:
         raise InputError(f"{what} is not valid XML")
     return root

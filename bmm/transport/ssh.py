@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import paramiko
 
-from bmm.errors import BmmError, FatalError, TimeoutExpired, TransientError
+from bmm.errors import AuthError, BmmError, FatalError, TimeoutExpired, TransientError
 from bmm.runner import Result, last_line, redact
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -83,10 +83,10 @@ class SshSession:
             )
         except paramiko.AuthenticationException as exc:
             client.close()
-            raise FatalError(f"ssh {t.describe()}: authentication failed ({exc})", node=t.node) from None
+            raise AuthError(f"ssh {t.describe()}: authentication failed ({exc})", node=t.node) from None
         except paramiko.BadHostKeyException:
             client.close()
-            raise FatalError(f"ssh {t.describe()}: host key changed", node=t.node) from None
+            raise AuthError(f"ssh {t.describe()}: host key changed", node=t.node) from None
         except socket.gaierror as exc:
             client.close()
             raise FatalError(f"ssh {t.describe()}: unknown host ({exc.strerror})", node=t.node) from None

@@ -119,8 +119,9 @@ def test_driver_action_parses_into_read_only_objects():
 @pytest.mark.parametrize("xml,message", [
     ("<VMM_DRIVER_ACTION_DATA><HOST>h</HOST></VMM_DRIVER_ACTION_DATA>", "has no <VM>"),
     ("<VM><NAME>x</NAME></VM>", "has no ID"),
-    ("<VM><ID>abc</ID></VM>", "not an integer"),
-    ("<HOST><ID>1</ID></HOST>", "expected <VMM_DRIVER_ACTION_DATA> or <VM>"),
+    ("<VM><ID>abc</ID></VM>", "VM ID is not a non-negative ASCII decimal"),
+    ("<VM><ID>\u0669</ID></VM>", "VM ID is not a non-negative ASCII decimal"),
+    ("<HOST><ID>1</ID></HOST>", "expected a <VMM_DRIVER_ACTION_DATA> or <VM> document"),
     ("<VM><ID>1</ID><TEMPLATE><DISK><SIZE>1</SIZE></DISK></TEMPLATE></VM>", "DISK has no DISK_ID"),
 ])
 def test_driver_action_errors(xml, message):
