@@ -1,18 +1,24 @@
 """The node state machine, persisted in one SQLite database on the front-end.
 
-States: available, deploying, active, stopping, off, deleting, cleaning, error, maintenance.
-Only the transitions in TRANSITIONS are allowed; anything else raises BmmError naming the
-node, the state it is in and the state asked for. A node the database has never seen is
-`available`.
+States (NodeState): available, deploying, provisioned, active, rebooting, stopping, off,
+deleting, cleaning, error, maintenance. Only the transitions in TRANSITIONS are allowed;
+anything else raises Refused naming the node, the state it is in and the state asked for. A
+node the database has never seen is `available`.
 
-The four transient states (deploying, stopping, deleting, cleaning) belong to the process that
-entered them (pid and kernel start time are recorded). As Ironic does for its
+- `provisioned`: the instance's disks are on the node (its prolog succeeded) and it has not
+  booted yet. A stable state: the prolog's processes are gone by design, so nothing may
+  mistake the node for an interrupted one between the TM prolog and the VMM deploy.
+- `rebooting`: reboot/reset of a running instance. Its own state, so a power dip during the
+  restart is never reported as the instance powering off.
+
+The transient states (deploying, rebooting, stopping, deleting, cleaning) belong to the
+process that entered them (pid and kernel start time are recorded). As Ironic does for its
 STUCK_STATES_TREATED_AS_FAIL, a transient state whose owner process is gone is moved to `error`
 with the reason "interrupted while <state>":
 - by `recover()`, which the monitor daemon runs on start-up and `bmm nodes recover` runs by hand;
 - on the spot, when an action asks a node with a dead owner to go anywhere else.
 A process may re-enter the transient state a dead process left (deploying -> deploying): that
-lets an action span processes (TM prolog, then VMM deploy) without being mistaken for a crash.
+lets a multi-disk prolog span processes without being mistaken for a crash.
 
 Every transition is written to node_history (bounded per node, like Ironic's node_history).
 The database is in WAL mode, so reads never wait for a writer, and reads never take node locks.
@@ -26,43 +32,63 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from bmm.config import Config, load_config, resolve_path
-from bmm.errors import BmmError, LockedError
+from bmm.errors import BmmError, LockedError, Refused
 from bmm.locks import Holder, NodeLocks, pid_alive, process_start, utcnow
 
-AVAILABLE = "available"
-DEPLOYING = "deploying"
-ACTIVE = "active"
-STOPPING = "stopping"
-OFF = "off"
-DELETING = "deleting"
-CLEANING = "cleaning"
-ERROR = "error"
-MAINTENANCE = "maintenance"
 
-STATES = (AVAILABLE, DEPLOYING, ACTIVE, STOPPING, OFF, DELETING, CLEANING, ERROR, MAINTENANCE)
-TRANSIENT = frozenset({DEPLOYING, STOPPING, DELETING, CLEANING})
+class NodeState(StrEnum):
+    AVAILABLE = "available"
+    DEPLOYING = "deploying"
+    PROVISIONED = "provisioned"
+    ACTIVE = "active"
+    REBOOTING = "rebooting"
+    STOPPING = "stopping"
+    OFF = "off"
+    DELETING = "deleting"
+    CLEANING = "cleaning"
+    ERROR = "error"
+    MAINTENANCE = "maintenance"
+
+
+AVAILABLE = NodeState.AVAILABLE
+DEPLOYING = NodeState.DEPLOYING
+PROVISIONED = NodeState.PROVISIONED
+ACTIVE = NodeState.ACTIVE
+REBOOTING = NodeState.REBOOTING
+STOPPING = NodeState.STOPPING
+OFF = NodeState.OFF
+DELETING = NodeState.DELETING
+CLEANING = NodeState.CLEANING
+ERROR = NodeState.ERROR
+MAINTENANCE = NodeState.MAINTENANCE
+
+STATES = tuple(NodeState)
+TRANSIENT = frozenset({DEPLOYING, REBOOTING, STOPPING, DELETING, CLEANING})
 STABLE = frozenset(STATES) - TRANSIENT
 
 # from -> the states it may go to. Re-entering a transient state is allowed only when its
 # owner is this process or a dead one (see transition()).
 TRANSITIONS: dict[str, frozenset[str]] = {
     AVAILABLE: frozenset({DEPLOYING, CLEANING, MAINTENANCE, ERROR}),
-    DEPLOYING: frozenset({ACTIVE, CLEANING, ERROR}),   # cleaning: a failed prolog rolled back
-    ACTIVE: frozenset({STOPPING, DELETING, MAINTENANCE, ERROR}),
+    DEPLOYING: frozenset({PROVISIONED, ACTIVE, OFF, CLEANING, ERROR}),   # off: context written for a resume
+    PROVISIONED: frozenset({DEPLOYING, STOPPING, DELETING, MAINTENANCE, ERROR}),
+    ACTIVE: frozenset({REBOOTING, STOPPING, DELETING, MAINTENANCE, ERROR}),
+    REBOOTING: frozenset({ACTIVE, ERROR}),
     STOPPING: frozenset({OFF, ACTIVE, ERROR}),           # -> active: stop failed, node still up
-    OFF: frozenset({DEPLOYING, DELETING, MAINTENANCE, ERROR}),   # deploying: resume
+    OFF: frozenset({DEPLOYING, STOPPING, DELETING, MAINTENANCE, ERROR}),   # deploying: resume
     DELETING: frozenset({CLEANING, ERROR}),
     CLEANING: frozenset({AVAILABLE, ERROR}),
     ERROR: frozenset({DEPLOYING, STOPPING, DELETING, CLEANING, MAINTENANCE}),
-    MAINTENANCE: frozenset({AVAILABLE, ACTIVE, OFF, ERROR}),
+    MAINTENANCE: frozenset({AVAILABLE, PROVISIONED, ACTIVE, OFF, ERROR}),
 }
 
 # States in which the node holds an instance (vm_id kept); reaching `available` clears it.
-HOLDS_INSTANCE = frozenset({DEPLOYING, ACTIVE, STOPPING, OFF, DELETING})
+HOLDS_INSTANCE = frozenset({DEPLOYING, PROVISIONED, ACTIVE, REBOOTING, STOPPING, OFF, DELETING})
 
 HISTORY_LIMIT = 300
 _KEEP = object()
@@ -98,7 +124,7 @@ CREATE INDEX IF NOT EXISTS node_history_node ON node_history (node, id);
 @dataclass(frozen=True)
 class NodeRecord:
     name: str
-    state: str = AVAILABLE
+    state: NodeState = AVAILABLE
     vm_id: int | None = None
     last_error: str | None = None
     updated_at: str | None = None
@@ -221,7 +247,7 @@ class StateStore:
     def _record(name: str, row: sqlite3.Row | None) -> NodeRecord:
         if row is None:
             return NodeRecord(name=name)
-        return NodeRecord(name=name, state=row["state"], vm_id=row["vm_id"],
+        return NodeRecord(name=name, state=NodeState(row["state"]), vm_id=row["vm_id"],
                           last_error=row["last_error"], updated_at=row["updated_at"],
                           owner_pid=row["owner_pid"], owner_action=row["owner_action"],
                           owner_since=row["owner_since"],
@@ -286,7 +312,7 @@ class StateStore:
 
     def transition(self, name: str, to: str, *, vm_id: Any = _KEEP, error: str | None = None,
                    reason: str | None = None, action: str | None = None) -> NodeRecord:
-        """Move the node to `to`, or raise BmmError if that transition is not allowed.
+        """Move the node to `to`, or raise Refused if that transition is not allowed.
 
         vm_id: the instance the node now holds (kept when not given; cleared on `available`).
         error: the cause, recorded as last_error (for `to="error"`).
@@ -308,16 +334,16 @@ class StateStore:
         if frm == to and to in TRANSIENT:
             own = current.owner_pid == os.getpid()
             if not own and not current.interrupted:
-                raise BmmError(f"is already {frm} by {current.owner_action or 'another action'} "
+                raise Refused(f"is already {frm} by {current.owner_action or 'another action'} "
                                f"(pid {current.owner_pid}) since {current.owner_since}", node=name)
         elif to not in TRANSITIONS[frm]:
             allowed = ", ".join(sorted(TRANSITIONS[frm]))
             hint = f" (reason: {current.last_error})" if frm == ERROR and current.last_error else ""
-            raise BmmError(f"cannot go from {frm} to {to}{hint}; from {frm} it can go to: {allowed}",
+            raise Refused(f"cannot go from {frm} to {to}{hint}; from {frm} it can go to: {allowed}",
                            node=name)
         if (to == DEPLOYING and vm_id is not _KEEP and vm_id is not None
                 and current.vm_id is not None and current.vm_id != vm_id):
-            raise BmmError(f"holds vm {current.vm_id} ({frm}); refusing vm {vm_id} "
+            raise Refused(f"holds vm {current.vm_id} ({frm}); refusing vm {vm_id} "
                            "(one instance per machine)", node=name)
 
     def _write(self, conn: sqlite3.Connection, current: NodeRecord, to: str, *, vm_id: Any = _KEEP,
@@ -330,7 +356,7 @@ class StateStore:
         last_error = current.last_error
         if to == ERROR:
             last_error = error or reason or "unknown error"
-        elif to in (AVAILABLE, ACTIVE):
+        elif to in (AVAILABLE, PROVISIONED, ACTIVE, OFF):
             last_error = None
         if to in TRANSIENT:
             if current.state == to and current.owner_pid == os.getpid():
@@ -370,6 +396,18 @@ class StateStore:
         elif current.owner_pid:
             message += f" (pid {current.owner_pid})"
         return self._write(conn, current, ERROR, error=message, reason=message)
+
+    def fail_interrupted(self, name: str) -> NodeRecord:
+        """If the node is in a transient state whose owner process is gone, move it to
+        `error` ("interrupted while <state>") now; return the node's record either way.
+        For an action that holds the node's lock and finds such a leftover."""
+        with self._locked(name, "recover"):
+            with self._writer() as conn:
+                row = conn.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
+                current = self._record(name, row)
+                if current.transient and current.interrupted:
+                    return self._fail_interrupted(conn, current)
+                return current
 
     def recover(self, names: list[str] | None = None) -> list[tuple[str, str]]:
         """Move transient states whose owner process is gone to `error` ("interrupted while

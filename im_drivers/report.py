@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bmm import __version__
+from bmm.state import ACTIVE, OFF
 
 HYPERVISOR = "bmm"
 
@@ -90,20 +91,28 @@ class HostReport:
         ]
 
     def vms(self) -> list[VmReport]:
-        """The node's instance, if it holds one in a stable state: RUNNING when powered and
-        answering, POWEROFF when off. Transient states (deploying, stopping, deleting) are not
-        reported: the action in flight owns the VM's state, and a RUNNING sent during BOOT
-        would make oned think the deploy finished."""
+        """The node's instance, if it holds one in a stable state.
+
+        - active: RUNNING when powered and answering, POWEROFF when the BMC says off;
+        - off: POWEROFF whatever the power: the instance is not running, and a machine that is
+          on is in its home OS (powered on from its BMC, or resuming: context before deploy).
+          Reporting RUNNING there would make oned resume a VM whose OS is not running.
+        Transient states (deploying, rebooting, stopping, deleting) are not reported: the
+        action in flight owns the VM's state, and a RUNNING sent during BOOT would make oned
+        think the deploy finished."""
         record = self.record()
-        if record is None or record.vm_id is None or record.state not in ("active", "off"):
+        if record is None or record.vm_id is None or record.state not in (ACTIVE, OFF):
             return []
-        power = self.power_status()
-        if power == "off":
+        if record.state == OFF:
             state = "POWEROFF"
-        elif power == "on" or self.answers():
-            state = "RUNNING"
         else:
-            return []
+            power = self.power_status()
+            if power == "off":
+                state = "POWEROFF"
+            elif power == "on" or self.answers():
+                state = "RUNNING"
+            else:
+                return []
         memory = int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0
         return [VmReport(record.vm_id, f"bmm-{self.node.name}-{record.vm_id}", state,
                          {"CPU": 0, "MEMORY": memory})]

@@ -1,5 +1,6 @@
-"""A test-only machine kind: a 'machine' is a JSON file, so the protocol tests can prove the
-full deploy/shutdown/cancel round trip through the real remote scripts without hardware.
+"""A test-only machine kind: a 'machine' is a JSON file (its power and the disks on it), so the
+protocol tests can prove the full life cycle through the real remote scripts without hardware.
+The node's state and ownership live in bmm's state database, exactly as for a real kind.
 Configured in the test bmm.toml as `[kinds] fake = {vmm = "tests.fakekind:FakeDriver", im = "tests.fakekind:FakeReport"}`."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 from bmm.errors import BmmError
+from bmm.state import ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, OFF, PROVISIONED, REBOOTING, STOPPING
 from im_drivers.report import HostReport, VmReport
 from vmm_drivers.base import MachineDriver
 
@@ -19,7 +21,7 @@ def machine_file(config, node_name: str) -> Path:
 def read_machine(config, node_name: str) -> dict:
     path = machine_file(config, node_name)
     if not path.exists():
-        return {"power": "off", "vm_id": None, "calls": []}
+        return {"power": "off", "disks": [], "calls": []}
     return json.loads(path.read_text())
 
 
@@ -37,43 +39,61 @@ class FakeDriver(MachineDriver):
         write_machine(self.config, self.node.name, data)
         return data
 
-    def deploy(self, call):
-        data = read_machine(self.config, self.node.name)
-        if data["vm_id"] not in (None, call.vm_id):
-            raise BmmError(f"holds VM {data['vm_id']}; refusing VM {call.vm_id}", node=self.node.name)
+    def tm_clone(self, call, step):
+        step.go(DEPLOYING, reason="clone")
+        disks = read_machine(self.config, self.name)["disks"]
+        self._update(call, disks=sorted(set(disks) | {f"vm{call.vm_id}-disk{call.disk_id}"}))
+        step.go(PROVISIONED, reason="cloned")
+
+    def deploy(self, call, step):
+        step.go(DEPLOYING, reason="deploy")
         self.reporter.info(f"booting VM {call.vm_id}")
-        self._update(call, power="on", vm_id=call.vm_id)
+        self._update(call, power="on")
+        step.go(ACTIVE, reason="running")
         return f"bmm-{self.node.name}-{call.vm_id}"
 
-    def shutdown(self, call):
+    def shutdown(self, call, step):
+        step.go(STOPPING, reason="shutdown")
         self._update(call, power="off")
+        step.go(OFF, reason="off")
 
-    def cancel(self, call):
+    def cancel(self, call, step):
+        step.go(STOPPING, reason="cancel")
         self._update(call, power="off")
+        step.go(OFF, reason="off")
 
-    def reboot(self, call):
+    def reboot(self, call, step):
+        step.go(REBOOTING, reason="reboot")
         self._update(call, power="on")
+        step.go(ACTIVE, reason="running")
 
-    def reset(self, call):
+    def reset(self, call, step):
         self.reporter.info(f"resetting VM {call.vm_id}")
         if read_machine(self.config, self.node.name)["power"] != "on":
             raise BmmError("is powered off; nothing to reset", node=self.node.name)
+        step.go(REBOOTING, reason="reset")
         self._update(call, power="on")
+        step.go(ACTIVE, reason="running")
 
     def poll(self, call):
         data = read_machine(self.config, self.node.name)
         return "STATE=a" if data["power"] == "on" else "STATE=d"
 
-    def tm_delete(self, call):
-        if call.disk_id is None:
-            self._update(call, vm_id=None, power="off")
+    def tm_delete(self, call, step):
+        if call.disk_id is not None:
+            return
+        step.go(DELETING, reason="delete")
+        disks = [d for d in read_machine(self.config, self.name)["disks"] if not d.startswith(f"vm{call.vm_id}-")]
+        self._update(call, power="off", disks=disks)
+        step.go(CLEANING, AVAILABLE, reason="deleted")
 
 
 class FakeReport(HostReport):
     def vms(self):
-        data = read_machine(self.config, self.node.name)
-        if data["vm_id"] is None:
+        record = self.record()
+        if record is None or record.vm_id is None or record.state not in (ACTIVE, OFF):
             return []
+        data = read_machine(self.config, self.node.name)
         state = "RUNNING" if data["power"] == "on" else "POWEROFF"
-        return [VmReport(data["vm_id"], f"bmm-{self.node.name}-{data['vm_id']}", state,
+        return [VmReport(record.vm_id, f"bmm-{self.node.name}-{record.vm_id}", state,
                          {"CPU": 0, "MEMORY": self.node.memory_mb * 1024})]

@@ -62,12 +62,17 @@ class Execution:
 
 
 class OpenNebula:
-    """A remotes directory with bmm installed, and the calls oned's drivers would make."""
+    """OpenNebula's front-end layout with bmm installed, and the calls oned's drivers make.
+
+    root plays /var/lib/one: root/remotes (bmm installed), root/datastores (DATASTORE_LOCATION),
+    root/vms/<vm id>/ (context.sh, token.txt)."""
 
     def __init__(self, root: Path, inventory: Path, *, state_dir: Path | None = None, version: str | None = "7.0.0",
                  settings: str = ""):
         self.root = root
         self.remotes = root / "remotes"
+        self.datastores = root / "datastores"
+        self.datastores.mkdir(parents=True, exist_ok=True)
         self.state_dir = state_dir or root / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         install_remotes(self.remotes, python=sys.executable, source=REPO / "remotes")
@@ -82,6 +87,47 @@ class OpenNebula:
             fake = {{ vmm = "tests.fakekind:FakeDriver", im = "tests.fakekind:FakeReport" }}
             """))
 
+    # -------------------------------------------------------------- OpenNebula's layout
+    def sysdir(self, vm_id: int, ds_id: int = 100) -> str:
+        """The VM's system dir, spelt as oned spells it (DATASTORE_LOCATION + '/')."""
+        return f"{self.root}//datastores/{ds_id}/{vm_id}"
+
+    def disk(self, vm_id: int, disk_id: int, ds_id: int = 100) -> str:
+        return f"{self.sysdir(vm_id, ds_id)}/disk.{disk_id}"
+
+    def register_image(self, path: Path, ds_id: int = 101) -> str:
+        """What `oneimage create` does for the fs datastore: the image moves into the
+        datastore under a hashed name; returns its SOURCE."""
+        import hashlib
+        import os
+        ds = self.datastores / str(ds_id)
+        ds.mkdir(parents=True, exist_ok=True)
+        target = ds / hashlib.md5(str(path).encode()).hexdigest()
+        if not target.exists():
+            try:
+                os.link(path, target)
+            except OSError:
+                import shutil
+                shutil.copyfile(path, target)
+        return f"{self.root}//datastores/{ds_id}/{target.name}"
+
+    def prolog(self, vm_id: int, host: str, image: Path | None = None, *, disk_id: int = 0,
+               ds_id: int = 101) -> Execution:
+        """PROLOG of a VM with one image disk: TM clone <fe:SOURCE> <host:disk.N>."""
+        if image is None:
+            image = self.root / "images" / f"image-{vm_id}.img"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.write_bytes(b"\0" * 4096)
+        source = self.register_image(image, ds_id)
+        return self.tm("clone", [f"fe:{source}", f"{host}:{self.disk(vm_id, disk_id)}", str(vm_id), str(ds_id)])
+
+    def context_sh(self, vm_id: int, text: str) -> Path:
+        """What oned writes before every DEPLOY: <var>/vms/<vm id>/context.sh."""
+        path = self.root / "vms" / str(vm_id) / "context.sh"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
     @property
     def env(self) -> dict[str, str]:
         """oned's drivers run with almost nothing in the environment. PYTHONPATH only lets the
@@ -94,6 +140,23 @@ class OpenNebula:
                               env=env or self.env, cwd=self.root, timeout=timeout)
         return Execution(argv, proc.returncode, proc.stdout.decode(errors="replace"),
                          proc.stderr.decode(errors="replace"))
+
+    def start(self, kind: str, action: str, args: list[str], stdin: bytes = b"") -> subprocess.Popen:
+        """Start a remote without waiting (to signal it mid-action); kind is vmm or tm.
+        For vmm, stdin is the XML and is base64-encoded as oned does."""
+        import tempfile
+        script = self.remotes / kind / "bmm" / action
+        with tempfile.TemporaryFile() as data:
+            data.write(base64.b64encode(stdin) if kind == "vmm" else b"")
+            data.seek(0)
+            return subprocess.Popen([str(script), *args], stdin=data, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=self.env, cwd=self.root)
+
+    @staticmethod
+    def finish(proc: subprocess.Popen, timeout: float = 300) -> Execution:
+        out, err = proc.communicate(timeout=timeout)
+        return Execution([str(a) for a in proc.args], proc.returncode, out.decode(errors="replace"),
+                         err.decode(errors="replace"))
 
     def vmm(self, action: str, args: list[str], stdin_xml: bytes | str | None, *, raw_stdin: bytes | None = None, env=None) -> Execution:
         """Local VMM action: base64 stdin (Base64.strict_encode64)."""

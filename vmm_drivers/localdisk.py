@@ -28,21 +28,22 @@ from pathlib import Path
 
 from bmm.boot import grub
 from bmm.context import build_context_iso, write_context_lv
-from bmm.errors import BmmError, FatalError, TimeoutExpired, TransientError
+from bmm.errors import AuthError, BmmError, InputError, Refused, TimeoutExpired, TransientError
 from bmm.power import power_for
-from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, MAINTENANCE, OFF, STOPPING,
-                       open_store)
+from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, OFF, PROVISIONED, REBOOTING,
+                       STOPPING)
 from bmm.storage import lvm
 from bmm.storage.adapt import adapt_root
 from bmm.storage.image import inspect_image, probe_layout
 from bmm.storage.stream import copy_image_to_lv
 from bmm.transport.ssh import SshSession, SshTarget, reachable
-from vmm_drivers.base import MachineDriver, TmCall, VmmCall, not_supported
+from vmm_drivers.base import MachineDriver, Step, TmCall, VmmCall, describe, not_supported
 
 PROBE_TIMEOUT = 10.0
 COPY_TIMEOUT = 6 * 3600.0
 GRACE_AFTER_RESET_S = 20.0
 SILENT_RESET_S = 45.0       # powered on, no ssh for this long: hung, reset once
+PROLOG_ACTIONS = frozenset({"tm_clone", "tm_ln", "tm_mkswap", "tm_mkimage"})
 
 
 def disk_lv(vm_id: int, disk_id: int) -> str:
@@ -66,15 +67,10 @@ class LocalDiskDriver(MachineDriver):
 
     def __init__(self, node, config, reporter):
         super().__init__(node, config, reporter)
-        self.name = node.name
         self.vg = node.storage.vg
         self.boot_dir = node.boot.get("boot_dir", "/boot")
         self.home = node.boot.get("home_entry", "home")
         self.target: SshTarget = node.ssh.target(node.name)
-
-    @cached_property
-    def store(self):
-        return open_store(config=self.config)
 
     @cached_property
     def power(self):
@@ -82,7 +78,8 @@ class LocalDiskDriver(MachineDriver):
 
     # ---------------------------------------------------------------- bookkeeping
     def _meta_path(self, vm_id: int) -> Path:
-        return Path(self.config.state_db).parent / "vms" / f"{vm_id}.json"
+        """What the prolog learnt of VM vm_id's boot disk on this node (kernel, initrd, LV)."""
+        return Path(self.config.state_db).parent / "vms" / self.name / f"{vm_id}.json"
 
     def _save_meta(self, vm_id: int, data: dict) -> None:
         path = self._meta_path(vm_id)
@@ -96,21 +93,8 @@ class LocalDiskDriver(MachineDriver):
         try:
             return json.loads(self._meta_path(vm_id).read_text())
         except FileNotFoundError:
-            raise BmmError(f"VM {vm_id} has no disk on this node (its prolog never ran here)", node=self.name) from None
-
-    def _refuse_other_vm(self, record, vm_id: int) -> None:
-        if record.vm_id is not None and record.vm_id != vm_id:
-            raise BmmError(f"holds VM {record.vm_id}; refusing VM {vm_id} (one instance per machine)", node=self.name)
-        if record.state == MAINTENANCE:
-            raise BmmError("is in maintenance; refusing to deploy", node=self.name)
-
-    def _fail(self, exc: BaseException, action: str, vm_id: int | None) -> None:
-        reason = getattr(exc, "reason", None) or str(exc)
-        try:
-            self.store.transition(self.name, ERROR, error=f"{action} of VM {vm_id} failed: {reason}",
-                                  reason=f"{action} failed", action=action)
-        except BmmError:
-            pass
+            raise Refused(f"has no boot disk of VM {vm_id} (no image was cloned to disk 0 here)",
+                          node=self.name) from None
 
     # ---------------------------------------------------------------- the node's OS
     def _probe(self) -> tuple[str, SshSession | None]:
@@ -120,10 +104,8 @@ class LocalDiskDriver(MachineDriver):
         session = SshSession(target)
         try:
             session.connect()
-        except FatalError as exc:
-            if "authentication failed" in exc.reason or "host key changed" in exc.reason:
-                return "other", None
-            raise
+        except AuthError:
+            return "other", None        # an OS that refuses bmm's key is not the home OS
         except TransientError:
             return ("other" if reachable(target, PROBE_TIMEOUT) else "down"), None
         try:
@@ -200,8 +182,7 @@ class LocalDiskDriver(MachineDriver):
         self.reporter.info(f"rebooting {self.name} into VM {vm_id} (next_entry {entry_id(vm_id)})")
         self.power.reset()
 
-    def _boot_instance(self, vm_id: int) -> None:
-        meta = self._load_meta(vm_id)
+    def _boot_instance(self, vm_id: int, meta: dict) -> None:
         session = self.home_os()
         self._arm_and_boot(session, vm_id, meta)
         try:
@@ -216,70 +197,46 @@ class LocalDiskDriver(MachineDriver):
             raise
 
     # ---------------------------------------------------------------- VMM
-    def deploy(self, call: VmmCall) -> str:
+    def deploy(self, call: VmmCall, step: Step) -> str:
         vm = call.vm_id
-        with self.store.lock(self.name, "deploy", vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            self._refuse_other_vm(rec, vm)
-            self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"deploy VM {vm}", action="deploy")
-            try:
-                self._boot_instance(vm)
-            except BaseException as exc:
-                self._fail(exc, "deploy", vm)
-                raise
-            self.store.transition(self.name, ACTIVE, vm_id=vm, reason=f"VM {vm} running", action="deploy")
+        meta = self._load_meta(vm)          # the VM's boot disk must be here before anything moves
+        step.go(DEPLOYING, reason=f"deploy VM {vm}")
+        self._boot_instance(vm, meta)
+        step.go(ACTIVE, reason=f"VM {vm} running")
         return deploy_id(self.name, vm)
 
-    def shutdown(self, call: VmmCall) -> None:
+    def shutdown(self, call: VmmCall, step: Step) -> None:
         vm = call.vm_id
-        with self.store.lock(self.name, "shutdown", vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            self._refuse_other_vm(rec, vm)
-            self.store.transition(self.name, STOPPING, reason=f"shutdown VM {vm}", action="shutdown")
-            try:
-                self.power.soft_off()
-            except BmmError as exc:
-                still_on = self.power.status() == "on"
-                self.store.transition(self.name, ACTIVE if still_on else ERROR,
-                                      error=None if still_on else exc.reason, reason="shutdown failed", action="shutdown")
-                raise BmmError(f"VM {vm} did not power off ({exc.reason})", node=self.name) from None
-            self.store.transition(self.name, OFF, reason=f"VM {vm} powered off", action="shutdown")
+        step.go(STOPPING, reason=f"shutdown VM {vm}")
+        try:
+            self.power.soft_off()
+        except BmmError as exc:
+            raise BmmError(f"VM {vm} did not power off ({exc.reason})", node=self.name) from None
+        step.go(OFF, reason=f"VM {vm} powered off")
 
-    def cancel(self, call: VmmCall) -> None:
+    def cancel(self, call: VmmCall, step: Step) -> None:
         vm = call.vm_id
-        with self.store.lock(self.name, "cancel", vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            if rec.vm_id not in (None, vm):
-                raise BmmError(f"holds VM {rec.vm_id}, not VM {vm}; not powering it off", node=self.name)
-            self.power.off()
-            reason = f"VM {vm} powered off (hard)"
-            if rec.state == ACTIVE:
-                self.store.transition(self.name, STOPPING, reason=f"cancel VM {vm}", action="cancel")
-                self.store.transition(self.name, OFF, reason=reason, action="cancel")
-            elif rec.state == STOPPING:
-                self.store.transition(self.name, OFF, reason=reason, action="cancel")
-            elif rec.state == DEPLOYING:
-                self.store.transition(self.name, ERROR, error=f"VM {vm} cancelled while deploying",
-                                      reason=reason, action="cancel")
+        step.go(STOPPING, reason=f"cancel VM {vm}")
+        self.power.off()
+        step.go(OFF, reason=f"VM {vm} powered off (hard)")
 
-    def _restart(self, call: VmmCall, *, hard: bool) -> None:
+    def _restart(self, call: VmmCall, step: Step, *, hard: bool) -> None:
         vm = call.vm_id
-        action = "reset" if hard else "reboot"
-        with self.store.lock(self.name, action, vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            self._refuse_other_vm(rec, vm)
-            try:
-                if hard:
-                    self.power.reset()          # next_entry was consumed: lands in the home OS
-                else:
-                    self.power.soft_off()
-                    self.power.on()
-                self._boot_instance(vm)
-            except BaseException as exc:
-                self._fail(exc, action, vm)
-                raise
+        meta = self._load_meta(vm)
+        step.go(REBOOTING, reason=f"{'reset' if hard else 'reboot'} VM {vm}")
+        if hard:
+            self.power.reset()          # next_entry was consumed: lands in the home OS
+        else:
+            self.power.soft_off()
+            self.power.on()
+        self._boot_instance(vm, meta)
+        step.go(ACTIVE, reason=f"VM {vm} running again")
 
-    def reboot(self, call: VmmCall) -> None:
-        self._restart(call, hard=False)
+    def reboot(self, call: VmmCall, step: Step) -> None:
+        self._restart(call, step, hard=False)
 
-    def reset(self, call: VmmCall) -> None:
-        self._restart(call, hard=True)
+    def reset(self, call: VmmCall, step: Step) -> None:
+        self._restart(call, step, hard=True)
 
     def poll(self, call: VmmCall) -> str:
         status = self.power.status()
@@ -289,145 +246,114 @@ class LocalDiskDriver(MachineDriver):
             return "STATE=a"
         return "STATE=e" if status == "on" else "STATE=-"
 
+    def after_failure(self, step: Step, exc: BaseException):
+        reason = f"{step.name} of VM {step.vm_id} failed: {describe(exc)}"
+        if step.action in PROLOG_ACTIONS:
+            # The disk this step was making goes (wiped: its extents may hold part of the image),
+            # over a fresh session since the old link may be what failed. Then the node is
+            # usable again (available) when nothing of the VM is left, else error.
+            lv = disk_lv(step.vm_id, step.call.disk_id)
+            with self.home_os(wait_s=120) as session:
+                if lvm.lv_exists(session, self.vg, lv):
+                    self.reporter.info(f"removing the partial {self.vg}/{lv}")
+                    self._wipe(session, [lv])
+                left = lvm.list_lvs(session, self.vg, prefix=f"vm{step.vm_id}-")
+            if not left and step.start.state == AVAILABLE:
+                return (CLEANING, AVAILABLE), reason + "; nothing of it is left on the node"
+        elif step.action == "shutdown" and step.start.state == ACTIVE and self.power.status() == "on":
+            return (ACTIVE,), reason + "; the instance still runs"
+        return (ERROR,), reason
+
     # ---------------------------------------------------------------- TM
-    def tm_clone(self, call: TmCall) -> None:
+    def tm_clone(self, call: TmCall, step: Step) -> None:
         vm, disk = call.vm_id, call.disk_id
         if disk is None:
-            raise BmmError(f"clone destination {call.path} is not a disk.N path")
+            raise InputError("the clone destination is not a disk.<n> path")
         lv = disk_lv(vm, disk)
-        with self.store.lock(self.name, "clone", vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            self._refuse_other_vm(rec, vm)
-            info = inspect_image(call.src_path)
-            layout = probe_layout(call.src_path, info.format, info)
-            self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"clone disk {disk} of VM {vm}", action="clone")
-            try:
-                session = self.home_os()
-                with session:
-                    if lvm.lv_exists(session, self.vg, lv):
-                        self.reporter.info(f"removing a stale {self.vg}/{lv} left by an earlier attempt")
-                        lvm.wipe_lv(session, self.vg, lv)
-                        lvm.remove_lv(session, self.vg, lv)
-                    boot_disk = disk == 0
-                    size = layout.root_size if boot_disk else info.virtual_size
-                    offset = layout.root_offset if boot_disk else 0
-                    created = lvm.create_lv(session, self.vg, lv, size, tags=("bmm", f"bmm_vm_{vm}"))
-                    self.reporter.info(f"copying {call.src_path} ({size // 2**20} MiB) to {self.vg}/{lv}")
-                    try:
-                        with lvm.open_lv(session, self.vg, lv) as dev:
-                            copy_image_to_lv(session, call.src_path, info.format, dev, created.size,
-                                             offset=offset, length=size, info=info, timeout=COPY_TIMEOUT,
-                                             progress=lambda d, t: self.reporter.progress(f"disk {disk}", d, t))
-                            if boot_disk:
-                                adapted = adapt_root(session, dev, vg=self.vg, lv=lv)
-                    except BaseException:
-                        self._remove_lv_after_failure(lv)
-                        raise
-                if boot_disk:
-                    for change in adapted.changes:
-                        self.reporter.info(f"fstab: {change}")
-                    for warning in adapted.warnings:
-                        self.reporter.info(f"warning: {warning}")
-                    self._save_meta(vm, {"lv": lv, "kernel": adapted.kernel, "initrd": adapted.initrd,
-                                         "fstype": adapted.fstype, "cmdline": "ro"})
-            except BaseException as exc:
-                self._after_failed_prolog(exc, vm)
-                raise
-
-    def _remove_lv_after_failure(self, lv: str) -> None:
-        """A copy that failed midway: remove the partial LV, over a fresh session if the old
-        link is gone."""
-        try:
-            with self.home_os(wait_s=120) as session:
+        info = inspect_image(call.src_path)
+        layout = probe_layout(call.src_path, info.format, info)
+        step.go(DEPLOYING, reason=f"clone disk {disk} of VM {vm}")
+        session = self.home_os()
+        with session:
+            if lvm.lv_exists(session, self.vg, lv):
+                self.reporter.info(f"removing a stale {self.vg}/{lv} left by an earlier attempt")
                 lvm.wipe_lv(session, self.vg, lv)
                 lvm.remove_lv(session, self.vg, lv)
-        except BmmError as exc:
-            self.reporter.error(f"could not remove the partial {self.vg}/{lv}: {exc.reason}")
-            raise
+            boot_disk = disk == 0
+            size = layout.root_size if boot_disk else info.virtual_size
+            offset = layout.root_offset if boot_disk else 0
+            created = lvm.create_lv(session, self.vg, lv, size, tags=("bmm", f"bmm_vm_{vm}"))
+            self.reporter.info(f"copying image {call.src_path.rsplit('/', 1)[-1]} ({size // 2**20} MiB) "
+                               f"to {self.vg}/{lv}")
+            with lvm.open_lv(session, self.vg, lv) as dev:
+                copy_image_to_lv(session, call.src_path, info.format, dev, created.size,
+                                 offset=offset, length=size, info=info, timeout=COPY_TIMEOUT,
+                                 progress=lambda d, t: self.reporter.progress(f"disk {disk}", d, t))
+                if boot_disk:
+                    adapted = adapt_root(session, dev, vg=self.vg, lv=lv)
+        if boot_disk:
+            for change in adapted.changes:
+                self.reporter.info(f"fstab: {change}")
+            for warning in adapted.warnings:
+                self.reporter.info(f"warning: {warning}")
+            self._save_meta(vm, {"lv": lv, "kernel": adapted.kernel, "initrd": adapted.initrd,
+                                 "fstype": adapted.fstype, "cmdline": "ro"})
+        step.go(PROVISIONED, reason=f"disk {disk} of VM {vm} is on the node")
 
-    def _after_failed_prolog(self, exc: BaseException, vm: int) -> None:
-        """Node usable again (available) when nothing of the VM is left, else error."""
-        reason = getattr(exc, "reason", None) or str(exc)
-        try:
-            with self.home_os(wait_s=120) as session:
-                left = lvm.list_lvs(session, self.vg, prefix=f"vm{vm}-")
-            if not left:
-                self.store.transition(self.name, CLEANING, reason=f"prolog of VM {vm} failed: {reason}", action="clone")
-                self.store.transition(self.name, AVAILABLE, reason="nothing of the failed VM left", action="clone")
-                return
-        except BmmError:
-            pass
-        self._fail(exc, "clone", vm)
-
-    def tm_context(self, call: TmCall) -> None:
+    def tm_context(self, call: TmCall, step: Step) -> None:
         vm = call.vm_id
-        with self.store.lock(self.name, "context", vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            self._refuse_other_vm(rec, vm)
-            if rec.state == ACTIVE:
-                raise BmmError(f"VM {vm} is running; its context can only change while it is powered off",
-                               node=self.name)
-            with tempfile.TemporaryDirectory(prefix="bmm-context-") as tmp:
-                iso = os.path.join(tmp, "context.iso")
-                build_context_iso(call.src_path, call.context_files, iso, macs=self.node.macs, node=self.name)
-                self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"context of VM {vm}", action="context")
-                try:
-                    with self.home_os() as session:
-                        write_context_lv(session, self.vg, context_lv(vm), iso)
-                except BaseException as exc:
-                    self._fail(exc, "context", vm)
-                    raise
+        if step.record.state == ACTIVE:
+            raise Refused(f"VM {vm} is running; its context can only change while it is powered off",
+                          node=self.name)
+        with tempfile.TemporaryDirectory(prefix="bmm-context-") as tmp:
+            iso = os.path.join(tmp, "context.iso")
+            build_context_iso(call.context, call.context_files, iso, macs=self.node.macs, node=self.name)
+            step.go(DEPLOYING, reason=f"context of VM {vm}")
+            with self.home_os() as session:
+                write_context_lv(session, self.vg, context_lv(vm), iso)
+        step.go(step.start.state if step.start.state != ERROR else PROVISIONED,
+                reason=f"context of VM {vm} written")
 
-    def tm_mkswap(self, call: TmCall) -> None:
-        self._volatile(call, swap=True)
+    def tm_mkswap(self, call: TmCall, step: Step) -> None:
+        self._volatile(call, step, swap=True)
 
-    def tm_mkimage(self, call: TmCall) -> None:
-        self._volatile(call, swap=False)
+    def tm_mkimage(self, call: TmCall, step: Step) -> None:
+        self._volatile(call, step, swap=False)
 
-    def _volatile(self, call: TmCall, *, swap: bool) -> None:
+    def _volatile(self, call: TmCall, step: Step, *, swap: bool) -> None:
         vm, disk = call.vm_id, call.disk_id
-        if disk is None or not call.size_mb:
-            raise BmmError(f"volatile disk destination {call.path} is not a disk.N path with a size")
+        if disk is None:
+            raise InputError("the volatile disk destination is not a disk.<n> path")
         lv = disk_lv(vm, disk)
-        with self.store.lock(self.name, "mkimage", vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            self._refuse_other_vm(rec, vm)
-            self.store.transition(self.name, DEPLOYING, vm_id=vm, reason=f"volatile disk {disk} of VM {vm}", action="mkimage")
-            try:
-                with self.home_os() as session:
-                    lvm.create_lv(session, self.vg, lv, call.size_mb * 2**20, tags=("bmm", f"bmm_vm_{vm}"))
-                    if swap:
-                        with lvm.open_lv(session, self.vg, lv) as dev:
-                            session.run(["mkswap", "-L", f"swap-vm{vm}", dev], timeout=120)
-            except BaseException as exc:
-                self._after_failed_prolog(exc, vm)
-                raise
+        step.go(DEPLOYING, reason=f"volatile disk {disk} of VM {vm}")
+        with self.home_os() as session:
+            lvm.create_lv(session, self.vg, lv, call.size_mb * 2**20, tags=("bmm", f"bmm_vm_{vm}"))
+            if swap:
+                with lvm.open_lv(session, self.vg, lv) as dev:
+                    session.run(["mkswap", "-L", f"swap-vm{vm}", dev], timeout=120)
+        step.go(PROVISIONED, reason=f"volatile disk {disk} of VM {vm} is on the node")
 
-    def tm_delete(self, call: TmCall) -> None:
+    def tm_delete(self, call: TmCall, step: Step) -> None:
         vm = call.vm_id
-        with self.store.lock(self.name, "delete", vm_id=vm, wait=self.config.lock_wait_s) as rec:
-            other = rec.vm_id is not None and rec.vm_id != vm
-            if not other:
-                self.store.transition(self.name, DELETING if rec.state != AVAILABLE else CLEANING, reason=f"delete VM {vm}", action="delete")
-            try:
-                with self.home_os() as session:
-                    names = [disk_lv(vm, call.disk_id)] if call.disk_id is not None else \
-                        [lv.name for lv in lvm.list_lvs(session, self.vg, prefix=f"vm{vm}-")]
-                    for name in names:
-                        if lvm.lv_exists(session, self.vg, name):
-                            self.reporter.info(f"wiping {self.vg}/{name}")
-                            lvm.wipe_lv(session, self.vg, name)
-                            lvm.remove_lv(session, self.vg, name)
-                    if call.disk_id is None:
-                        grub.remove_tenant_entry(session, self.boot_dir, entry_id(vm))
-                        grub.ensure_saved_entry(session, self.boot_dir, self.home)
-            except BaseException as exc:
-                if not other:
-                    self._fail(exc, "delete", vm)
-                raise
-            if call.disk_id is None:
-                self._meta_path(vm).unlink(missing_ok=True)
-                if not other:
-                    if self.store.get(self.name).state != CLEANING:
-                        self.store.transition(self.name, CLEANING, reason=f"VM {vm} wiped", action="delete")
-                    self.store.transition(self.name, AVAILABLE, reason=f"VM {vm} deleted", action="delete")
+        if call.disk_id is not None:
+            # one disk of the epilog; the VM directory's delete that follows ends the VM
+            with self.home_os() as session:
+                self._wipe(session, [disk_lv(vm, call.disk_id)])
+            return
+        step.go(DELETING, reason=f"delete VM {vm}")
+        with self.home_os() as session:
+            self._wipe(session, [lv.name for lv in lvm.list_lvs(session, self.vg, prefix=f"vm{vm}-")])
+            grub.remove_tenant_entry(session, self.boot_dir, entry_id(vm))
+            grub.ensure_saved_entry(session, self.boot_dir, self.home)
+        self._meta_path(vm).unlink(missing_ok=True)
+        step.go(CLEANING, AVAILABLE, reason=f"VM {vm} wiped and deleted")
+
+    def _wipe(self, session: SshSession, names: list[str]) -> None:
+        for name in names:
+            if lvm.lv_exists(session, self.vg, name):
+                self.reporter.info(f"wiping {self.vg}/{name}")
+                lvm.wipe_lv(session, self.vg, name)
+                lvm.remove_lv(session, self.vg, name)
 
     def tm_mv(self, call: TmCall) -> None:
         raise not_supported("undeploy and cold migration (mv)")

@@ -361,7 +361,7 @@ def recover(inventory, state_db):
 @click.argument("mode", type=click.Choice(["on", "off"]))
 @click.argument("name")
 @click.option("--reason", default=None, help="Why (recorded in the node's history).")
-@click.option("--to", "to", type=click.Choice(sorted(STABLE - {MAINTENANCE})), default=None,
+@click.option("--to", "to", type=click.Choice(sorted(s.value for s in STABLE - {MAINTENANCE})), default=None,
               help="Leaving maintenance: the state to return to (default: the state it had). "
                    "`available` drops the instance the node held: only once it is clean.")
 @click.option("--wait", type=float, default=None, metavar="S",

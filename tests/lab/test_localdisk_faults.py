@@ -81,7 +81,7 @@ def test_ssh_link_dropped_mid_copy_leaves_no_lv_and_the_node_available(world, tm
 
     dropper = threading.Thread(target=drop_links)
     dropper.start()
-    ex = one.tm("clone", [f"fe:{image}", f"{node}:/var/lib/one//datastores/100/7/disk.0", "7", "101"])
+    ex = one.tm("clone", [f"fe:{one.register_image(image)}", f"{node}:{one.disk(7, 0)}", "7", "101"])
     dropper.join()
     assert ex.returncode != 0
     message = one_line(ex)
@@ -100,7 +100,7 @@ def test_an_unbootable_image_fails_in_clone_with_its_reason(world, tmp_path):
         (root / d).mkdir(parents=True)
     (root / "etc" / "fstab").write_text("/dev/sda1 / ext4 defaults 0 1\n")
     image = fs_image(tmp_path / "nokernel.img", root, size_mb=16)
-    ex = one.tm("clone", [f"fe:{image}", f"{node}:/var/lib/one//datastores/100/8/disk.0", "8", "101"])
+    ex = one.tm("clone", [f"fe:{one.register_image(image)}", f"{node}:{one.disk(8, 0)}", "8", "101"])
     assert ex.returncode != 0
     assert "kernel" in one_line(ex), ex.stderr
     assert not [n for n in lv_names(lab, node, vg) if n.startswith("vm8-")]
@@ -116,8 +116,8 @@ def test_an_instance_that_never_comes_up_fails_deploy_and_the_node_is_home_in_er
     build_root(root, os_id="noinit", name="No init")
     (root / "sbin" / "init").unlink()           # GRUB loads it, but it cannot start
     image = fs_image(tmp_path / "noinit.img", root)
-    sysdir = "/var/lib/one//datastores/100/9"
-    assert one.tm("clone", [f"fe:{image}", f"{node}:{sysdir}/disk.0", "9", "101"]).returncode == 0
+    sysdir = one.sysdir(9)
+    assert one.tm("clone", [f"fe:{one.register_image(image)}", f"{node}:{sysdir}/disk.0", "9", "101"]).returncode == 0
     started = time.monotonic()
     ex = one.deploy(vm_xml(9, node), node, 9, tmp_path / "deployment.0")
     elapsed = time.monotonic() - started
@@ -141,10 +141,11 @@ def test_two_deploys_on_one_node_one_wins(world, tmp_path):
     lab, one, store, _ = world
     node = lab.servers[1]
     image = build_image(tmp_path / "race.img", os_id="race", size="32M")
+    source = one.register_image(image)
     results = {}
 
     def prolog(vm):
-        results[vm] = one.tm("clone", [f"fe:{image}", f"{node}:/var/lib/one//datastores/100/{vm}/disk.0", str(vm), "101"])
+        results[vm] = one.tm("clone", [f"fe:{source}", f"{node}:{one.disk(vm, 0)}", str(vm), "101"])
 
     threads = [threading.Thread(target=prolog, args=(vm,)) for vm in (21, 22)]
     for t in threads:
@@ -157,7 +158,7 @@ def test_two_deploys_on_one_node_one_wins(world, tmp_path):
     message = one_line(results[loser])
     assert f"holds VM {winners[0]}; refusing VM {loser}" in message or "is locked by clone" in message
     assert store.get(node).vm_id == winners[0]
-    sysdir = f"/var/lib/one//datastores/100/{winners[0]}"
+    sysdir = one.sysdir(winners[0])
     for args in ([f"{node}:{sysdir}/disk.0", str(winners[0]), "101"], [f"{node}:{sysdir}", str(winners[0]), "100"]):
         assert one.tm("delete", args).returncode == 0
 
@@ -168,8 +169,8 @@ def test_a_tenants_data_never_reaches_the_next_tenant(world, tmp_path):
     vg = lab.node(node)["vg"]
     canary = secrets.token_hex(32).encode()
     image = build_image(tmp_path / "canary.img", os_id="canary", size="32M")
-    sysdir = "/var/lib/one//datastores/100/31"
-    assert one.tm("clone", [f"fe:{image}", f"{node}:{sysdir}/disk.0", "31", "101"]).returncode == 0
+    sysdir = one.sysdir(31)
+    assert one.tm("clone", [f"fe:{one.register_image(image)}", f"{node}:{sysdir}/disk.0", "31", "101"]).returncode == 0
     ex_env = LocalExecutor(extra_env=lab.lvm_env(node))
     lv, segments = lv_segments(ex_env, vg, "vm31-disk0")
     # 1. the canary goes into the tenant's disk, in the free space of its filesystem and at the end

@@ -115,6 +115,7 @@ def test_start_monitor_answers_a_monitor_messages_document(one, monitord):
 
 def test_daemon_pushes_state_and_monitoring_for_the_instance(one, monitord, tmp_path):
     from tests.onemock import vm_xml
+    assert one.prolog(42, "fake01").returncode == 0
     assert one.deploy(vm_xml(42, "fake01"), "fake01", 42, tmp_path / "d").returncode == 0
     ex = one.im(["bmm", "3", "fake01"], CONFIG_XML.format(port=monitord.port))
     assert ex.returncode == 0, ex.stdout + ex.stderr
@@ -146,10 +147,36 @@ def test_start_for_unknown_host_fails_with_one_line(one, monitord):
     ex = one.im(["bmm", "4", "ghost"], CONFIG_XML.format(port=monitord.port))
     assert ex.returncode != 0
     assert ex.stdout == "" and ex.stderr.strip().count("\n") == 0
-    assert "'ghost' is not in the bmm inventory" in ex.stderr
+    assert "host ghost is not in the bmm inventory" in ex.stderr
 
 
 def test_encrypted_monitord_is_refused_clearly(one, monitord):
     xml = CONFIG_XML.format(port=monitord.port).replace("<PUBKEY/>", "<PUBKEY>/etc/one/pub.pem</PUBKEY>")
     ex = one.im(["bmm", "3", "fake01"], xml)
     assert ex.returncode != 0 and "PUBKEY" in ex.stderr
+
+
+def test_a_bad_registration_never_stops_the_daemon_for_the_other_hosts(one, monitord):
+    """A host file that is not a usable registration (here port 99999, written behind the
+    control script's back) is skipped; the shared daemon keeps beaconing the good host."""
+    import json
+    ex = one.im(["bmm", "3", "fake01"], CONFIG_XML.format(port=monitord.port))
+    assert ex.returncode == 0, ex.stdout + ex.stderr
+    hosts_dir = one.state_dir / "monitor" / "hosts"
+    good = json.loads((hosts_dir / "3.json").read_text())
+    (hosts_dir / "4.json").write_text(json.dumps(dict(good, host_id=4, port=99999)))
+    (hosts_dir / "5.json").write_text("{not json")
+    try:
+        monitord.raw.clear()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            beacons = [m for _, m in monitord.messages() if m.type == "BEACON_HOST"]
+            if len(beacons) >= 3:
+                break
+            time.sleep(0.2)
+        assert len(beacons) >= 3 and {m.host_id for m in beacons} == {3}
+        pid = int((one.state_dir / "monitor" / "daemon.pid").read_text())
+        import os
+        os.kill(pid, 0)                      # still alive
+    finally:
+        one.im(["stop", "bmm", "3", "fake01"], CONFIG_XML.format(port=monitord.port))

@@ -13,9 +13,18 @@ from vmm_drivers.entry import TM_UNSUPPORTED, VMM_UNSUPPORTED
 HOST = "fake01"
 
 
-def _machine(one):
+def _config(one):
     from bmm.config import load_config
-    return read_machine(load_config(one.remotes / "etc" / "bmm" / "bmm.toml"), HOST)
+    return load_config(one.remotes / "etc" / "bmm" / "bmm.toml")
+
+
+def _machine(one):
+    return read_machine(_config(one), HOST)
+
+
+def _record(one):
+    from bmm.state import open_store
+    return open_store(config=_config(one)).get(HOST)
 
 
 def assert_one_line_failure(ex, *, contains: str = ""):
@@ -40,6 +49,7 @@ def test_every_action_has_an_executable(one):
 
 def test_deploy_shutdown_cancel_round_trip(one, tmp_path):
     vm = vm_xml(42, HOST)
+    assert one.prolog(42, HOST).returncode == 0
     ex = one.deploy(vm, HOST, 42, tmp_path / "deployment.0")
     assert ex.returncode == 0, ex.stderr
     assert ex.stdout == "bmm-fake01-42\n"          # exactly one line: the deploy id
@@ -61,19 +71,24 @@ def test_deploy_shutdown_cancel_round_trip(one, tmp_path):
     assert ex.reply("CANCEL", 42) == "CANCEL SUCCESS 42 -"
     machine = _machine(one)
     assert machine["power"] == "off"
-    assert machine["calls"] == ["deploy", "shutdown", "deploy", "cancel"]
+    assert machine["calls"] == ["clone", "deploy", "shutdown", "deploy", "cancel"]
 
-    ex = one.tm("delete", [f"{HOST}:/var/lib/one//datastores/100/42", "42", "100"])
+    ex = one.tm("delete", [f"{HOST}:{one.sysdir(42)}", "42", "100"])
     assert ex.returncode == 0, ex.stderr
-    assert _machine(one)["vm_id"] is None
+    assert _machine(one)["disks"] == []
+    assert _record(one).state == "available" and _record(one).vm_id is None
 
 
 def test_deploy_of_a_second_vm_is_refused_with_one_line(one, tmp_path):
+    assert one.prolog(1, HOST).returncode == 0
     assert one.deploy(vm_xml(1, HOST), HOST, 1, tmp_path / "d1").returncode == 0
     ex = one.deploy(vm_xml(2, HOST), HOST, 2, tmp_path / "d2")
     assert_one_line_failure(ex, contains="node fake01: holds VM 1; refusing VM 2")
-    assert ex.reply("DEPLOY", 2) == "DEPLOY FAILURE 2 node fake01: holds VM 1; refusing VM 2"
+    assert ex.reply("DEPLOY", 2) == "DEPLOY FAILURE 2 node fake01: holds VM 1; refusing VM 2 (one instance per machine)"
     assert ex.reply("DEPLOY", 2, major=6) == ex.reply("DEPLOY", 2, major=7)
+    ex = one.prolog(2, HOST)
+    assert_one_line_failure(ex, contains="node fake01: holds VM 1; refusing VM 2")
+    assert _machine(one)["calls"] == ["clone", "deploy"]
 
 
 @pytest.mark.parametrize("action", sorted(VMM_UNSUPPORTED))
@@ -84,12 +99,12 @@ def test_unsupported_vmm_actions_fail_at_once(one, action):
 
 @pytest.mark.parametrize("action", sorted(TM_UNSUPPORTED))
 def test_unsupported_tm_actions_fail_at_once(one, action):
-    ex = one.tm(action, [f"{HOST}:/var/lib/one//datastores/100/7/disk.0", "0", "7", "100"])
+    ex = one.tm(action, [f"{HOST}:{one.disk(7, 0)}", "0", "7", "100"])
     assert_one_line_failure(ex, contains="is not supported on bare metal")
 
 
 def test_undeploy_mv_fails_clearly(one):
-    ex = one.tm("mv", [f"{HOST}:/var/lib/one//datastores/100/7/disk.0", "fe:/var/lib/one//datastores/100/7/disk.0", "7", "100"])
+    ex = one.tm("mv", [f"{HOST}:{one.disk(7, 0)}", f"fe:{one.disk(7, 0)}", "7", "100"])
     assert_one_line_failure(ex, contains="undeploy and cold migration (mv) is not supported on bare metal")
 
 
@@ -122,23 +137,24 @@ def test_bad_input_to_every_vmm_remote(one, tmp_path, action, case):
 @pytest.mark.parametrize("action", ["deploy", "shutdown", "cancel", "poll"])
 def test_unknown_host(one, tmp_path, action):
     ex = one.vmm(action, ["x", "ghost", "9", "ghost"], drv_action(vm_xml(9, "ghost"), "ghost"))
-    assert_one_line_failure(ex, contains="'ghost' is not in the bmm inventory")
+    assert_one_line_failure(ex, contains="host ghost is not in the bmm inventory")
 
 
 @pytest.mark.parametrize("action", ["deploy", "shutdown", "poll"])
-def test_host_name_with_shell_metacharacters_is_just_a_name(one, tmp_path, action):
+def test_host_name_with_shell_metacharacters_is_refused_as_a_name(one, tmp_path, action):
     evil = "n1;touch${IFS}PWNED`id`$(id)"
     ex = one.vmm(action, ["x", evil, "9", evil], drv_action(vm_xml(9, evil), evil))
-    assert_one_line_failure(ex, contains="is not in the bmm inventory")
+    assert_one_line_failure(ex, contains="the host argument is not a host name")
+    assert evil not in ex.stderr
     assert not list(one.root.rglob("PWNED*"))
 
 
 def test_tm_bad_arguments(one):
     for action, args, message in [
         ("clone", [], "expects 4 arguments"),
-        ("clone", ["nocolon", f"{HOST}:/x/disk.0", "1", "1"], "is not host:path"),
-        ("delete", [f"{HOST}:/x", "notanumber", "100"], "is not a number"),
-        ("delete", ["ghost:/x", "1", "100"], "'ghost' is not in the bmm inventory"),
+        ("clone", ["nocolon", f"{HOST}:{one.disk(1, 0)}", "1", "1"], "the source argument is not <host>:<absolute path>"),
+        ("delete", [f"{HOST}:{one.sysdir(1)}", "notanumber", "100"], "the VM id argument is not a non-negative ASCII decimal"),
+        ("delete", [f"ghost:{one.sysdir(1)}", "1", "100"], "host ghost is not in the bmm inventory"),
         ("context", ["/nonexistent/context.sh"], "context.sh [files...] dst vmid dsid"),
     ]:
         ex = one.tm(action, args)
@@ -147,12 +163,13 @@ def test_tm_bad_arguments(one):
 
 def test_argv_and_xml_must_agree(one, tmp_path):
     ex = one.vmm("shutdown", ["d", HOST, "5", HOST], drv_action(vm_xml(6, HOST), HOST))
-    assert_one_line_failure(ex, contains="argv names VM 5 but the XML describes VM 6")
+    assert_one_line_failure(ex, contains="argv names VM 5 but the XML describes another VM")
 
 
 def test_raw_xml_on_stdin_works_for_a_person_debugging(one):
     """A person pipes a plain XML file instead of base64."""
     vm = vm_xml(3, HOST)
+    assert one.prolog(3, HOST).returncode == 0
     assert one.deploy(vm, HOST, 3, one.root / "d3").returncode == 0
     ex = one.vmm("poll", ["bmm-fake01-3", HOST, "3", HOST], None, raw_stdin=vm.encode())
     assert ex.returncode == 0 and ex.stdout.strip() == "STATE=a"
@@ -169,8 +186,13 @@ def test_failure_text_is_the_cause_under_7_and_6_10(tmp_path, inventory, version
     """An action that logged progress and then failed: OpenNebula 7.x gets the log line in the
     VM log and the cause as FAILURE text; 6.10 (whole stderr) gets exactly the cause. With no
     VERSION file, bmm writes only the cause, which is right for both."""
+    from tests.fakekind import write_machine
     from tests.onemock import OpenNebula
     one = OpenNebula(tmp_path / "one", inventory, version=version)
+    assert one.prolog(4, HOST).returncode == 0
+    assert one.deploy(vm_xml(4, HOST), HOST, 4, tmp_path / "d4").returncode == 0
+    machine = _machine(one)
+    write_machine(_config(one), HOST, dict(machine, power="off"))       # off behind bmm's back
     ex = one.simple("reset", drv_action(vm_xml(4, HOST), HOST, "d"), "d", HOST, 4)
     assert ex.reply("RESET", 4, major=major) == "RESET FAILURE 4 node fake01: is powered off; nothing to reset"
     assert "Traceback" not in ex.stderr
@@ -183,13 +205,25 @@ def test_failure_text_is_the_cause_under_7_and_6_10(tmp_path, inventory, version
 def test_remotes_find_their_config_without_environment(one, tmp_path):
     """oned runs drivers with a bare environment: no BMM_CONFIG, config found beside the remotes."""
     assert "BMM_CONFIG" not in one.env and "HOME" not in one.env
+    assert one.prolog(11, HOST).returncode == 0
     ex = one.deploy(vm_xml(11, HOST), HOST, 11, tmp_path / "d11")
     assert ex.returncode == 0, ex.stderr
 
 
 def test_tm_names_its_own_meaning_of_shared_action_names(one):
     """TM restore is a backup restore and TM resize a disk resize, not their VMM namesakes."""
-    ex = one.tm("restore", [f"{HOST}:/var/lib/one//datastores/100/7", "7", "1", "0", "0"])
+    ex = one.tm("restore", [f"{HOST}:{one.sysdir(7)}", "7", "1", "0", "0"])
     assert_one_line_failure(ex, contains="backup restore is not supported on bare metal")
-    ex = one.tm("resize", [f"{HOST}:/var/lib/one//datastores/100/7/disk.0", "2048", "7", "100"])
+    ex = one.tm("resize", [f"{HOST}:{one.disk(7, 0)}", "2048", "7", "100"])
     assert_one_line_failure(ex, contains="disk resize is not supported on bare metal")
+
+
+def test_a_finished_prolog_is_a_stable_state_not_an_interrupted_one(one):
+    """Between the TM prolog and the VMM deploy no bmm process runs: the node must not look
+    like an action died (`bmm nodes recover` once turned every such node into error)."""
+    from bmm.state import open_store
+    assert one.prolog(12, HOST).returncode == 0
+    store = open_store(config=_config(one))
+    assert store.get(HOST).state == "provisioned" and not store.get(HOST).interrupted
+    assert store.recover() == []
+    assert store.get(HOST).state == "provisioned" and store.get(HOST).vm_id == 12
