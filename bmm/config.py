@@ -31,11 +31,18 @@ class Config:
     monitor_address: str = "127.0.0.1"
     monitor_port: int = 4124
     opennebula_major: int | None = None
+    opennebula_var: Path | None = None          # default: the parent of the remotes directory
+    datastore_location: Path | None = None      # default: oned's DATASTORE_LOCATION (<var>/config)
+    log_file: Path | None = None                # default: bmm.log beside the state database
     kinds: dict = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)
 
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or Path(self.state_db).parent / "bmm.log"
 
-_PATH_KEYS = {"inventory", "state_db"}
+
+_PATH_KEYS = {"inventory", "state_db", "opennebula_var", "datastore_location", "log_file"}
 
 
 def remotes_config_path(remote_script: str) -> Path:

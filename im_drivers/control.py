@@ -16,41 +16,41 @@ import os
 import subprocess
 import sys
 
+from bmm import logs
 from bmm.config import load_config
-from bmm.errors import BmmError, ConfigError
+from bmm.errors import BmmError, ConfigError, InputError
+from bmm.guard import guarded, raise_on_sigterm
 from bmm.inventory import node_for_host
 from bmm.opennebula import driver_input, monitor
-from bmm.opennebula.xmlsafe import InputError, parse_xml
+from bmm.opennebula.args import check_host_name, parse_id
+from bmm.opennebula.xmlsafe import parse_xml
 from im_drivers import hosts
 from im_drivers.messages import payloads
 from im_drivers.registry import report_class
 
 START_TYPES = ("SYSTEM_HOST", "MONITOR_HOST", "BEACON_HOST", "STATE_VM", "MONITOR_VM")
-
-
-def _int(raw: str, what: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise InputError(f"{what} {raw!r} is not a number") from None
+MAX_PERIOD_S = 86400
 
 
 def parse_monitor_config(xml: bytes, fallback_address: str, fallback_port: int) -> tuple[str, int, dict[str, int]]:
+    """(address, port, periods) from monitord's MONITOR_CONFIGURATION, each checked: an
+    address is an IP or a host name, a port 1-65535, a period 1-86400 s."""
     root = parse_xml(xml, what="monitor configuration")
     if root.tag != "MONITOR_CONFIGURATION":
-        raise InputError(f"expected <MONITOR_CONFIGURATION>, got <{root.tag}>")
+        raise InputError("the monitor configuration is not a <MONITOR_CONFIGURATION> document")
     if (root.findtext("NETWORK/PUBKEY") or "").strip():
         raise ConfigError("monitord.conf sets NETWORK/PUBKEY (encrypted messages), which bmm does not support yet")
     address = (root.findtext("NETWORK/MONITOR_ADDRESS") or "").strip()
     if not address or address == "auto":
         address = fallback_address
+    hosts.check_address(address, "NETWORK/MONITOR_ADDRESS")
     port_text = (root.findtext("NETWORK/PORT") or "").strip()
-    port = _int(port_text, "NETWORK/PORT") if port_text else fallback_port
+    port = hosts.check_port(parse_id(port_text, "NETWORK/PORT"), "NETWORK/PORT") if port_text else fallback_port
     periods = dict(hosts.DEFAULT_PERIODS)
     for kind in periods:
         text = (root.findtext(f"PROBES_PERIOD/{kind}") or "").strip()
         if text:
-            periods[kind] = max(1, _int(text, f"PROBES_PERIOD/{kind}"))
+            periods[kind] = min(max(1, parse_id(text, f"PROBES_PERIOD/{kind}")), MAX_PERIOD_S)
     return address, port, periods
 
 
@@ -101,34 +101,43 @@ def stop_daemon(config) -> None:
         pass
 
 
-def main(script: str) -> None:
-    args = sys.argv[1:]
+def _run(script: str, args: list[str]) -> str | None:
+    """The document to print for start, None for stop."""
     action = "start"
     if args and args[0] == "stop":
         action, args = "stop", args[1:]
-    try:
-        if len(args) != 3:
-            raise InputError(f"expected `[stop] <im_mad> <host id> <host name>`, got {len(args)} arguments")
-        _im_mad, hid_text, name = args
-        hid = _int(hid_text, "host id")
-        config = load_config(remote_script=script)
-        if action == "stop":
-            hosts.unregister(config.state_db, hid)
-            if not hosts.registered(config.state_db):
-                stop_daemon(config)
-            sys.exit(0)
-        xml = driver_input.read_stream(sys.stdin.buffer, what="monitor configuration (stdin)")
-        address, port, periods = parse_monitor_config(xml, config.monitor_address, config.monitor_port)
-        report = build_report(config, name)
-        document = monitor.monitor_messages(payloads(report, START_TYPES))
-        hosts.register(config.state_db, hosts.MonitoredHost(hid, name, address, port, periods))
-        ensure_daemon(config)
-    except BmmError as exc:
-        print(" ".join(str(exc).split()), file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:  # never a traceback into monitord's parser
-        if os.environ.get("BMM_DEBUG") == "1":
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    sys.stdout.write(document + "\n")
+    if len(args) != 3:
+        raise InputError(f"expected `[stop] <im_mad> <host id> <host name>`, got {len(args)} arguments")
+    _im_mad, hid_text, name = args
+    hid = parse_id(hid_text, "the host id argument")
+    check_host_name(name, "the host name argument")
+    config = load_config(remote_script=script)
+    logs.configure(config.log_path)
+    if action == "stop":
+        hosts.unregister(config.state_db, hid)
+        if not hosts.registered(config.state_db):
+            stop_daemon(config)
+        return None
+    xml = driver_input.read_stream(sys.stdin.buffer, what="monitor configuration (stdin)")
+    address, port, periods = parse_monitor_config(xml, config.monitor_address, config.monitor_port)
+    report = build_report(config, name)
+    document = monitor.monitor_messages(payloads(report, START_TYPES))
+    hosts.register(config.state_db, hosts.MonitoredHost(hid, name, address, port, periods))
+    ensure_daemon(config)
+    return document
+
+
+def main(script: str) -> None:
+    """run_monitord_client runs this with stderr merged into stdout (`2>&1`) and parses the
+    result as XML: on success only the document is printed; on failure only one line, with a
+    non-zero exit. Nothing else can reach fd 2 (bmm.logs.captured_stderr)."""
+    logs.quiet()
+    raise_on_sigterm()
+    with logs.captured_stderr() as real_stderr:
+        def fail(line: str) -> None:
+            print(line, file=real_stderr, flush=True)
+            sys.exit(1)
+
+        document = guarded(lambda: _run(script, sys.argv[1:]), on_error=fail, stderr=real_stderr)
+    if document is not None:
+        sys.stdout.write(document + "\n")

@@ -45,7 +45,10 @@ def run(config, *, tick: float = 1.0, max_seconds: float | None = None) -> None:
                 continue
             for k in kinds:
                 due[(host.host_id, k)] = now + host.periods[k]
-            push(config, host, kinds)
+            try:
+                push(config, host, kinds)
+            except Exception:  # noqa: BLE001 - one host's trouble never ends the daemon
+                log.exception("host %s: monitoring round failed", host.name)
         time.sleep(tick)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import os
+import logging
 import sys
 
 import click
 
 from bmm import __version__
-from bmm.errors import BmmError
+from bmm.guard import debug, describe_error
 
 GROUPS = {
     "lab": "bmm.cli.lab",
@@ -38,13 +38,29 @@ class BmmGroup(click.Group):
         return module.cli
 
     def invoke(self, ctx):
+        _log_to_terminal()
         try:
             return super().invoke(ctx)
-        except BmmError as exc:
-            if os.environ.get("BMM_DEBUG") == "1":
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is one line (bmm.guard)
+            if debug():
                 raise
-            click.echo(f"bmm: {exc}", err=True)
+            click.echo(f"bmm: {describe_error(exc)}", err=True)
             sys.exit(1)
+
+
+def _log_to_terminal() -> None:
+    """A person at the command line sees warnings as `bmm: warning: ...` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("bmm: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    if not any(getattr(h, "_bmm_cli", False) for h in root.handlers):
+        handler._bmm_cli = True
+        root.addHandler(handler)
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    logging.captureWarnings(True)
 
 
 def _not_built(name: str) -> click.Command:

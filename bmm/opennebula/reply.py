@@ -9,17 +9,25 @@
   the action succeeds, or when OpenNebula 7.x is known to be the reader. Someone running a
   remote by hand at a terminal sees them live.
 - A traceback only with BMM_DEBUG=1.
+- Nothing else ever reaches stderr: run_guarded points fd 2 at a private file for the whole
+  action (bmm.logs.captured_stderr), so a library warning or a child process cannot add an
+  unprefixed line to OpenNebula's failure text. Every line the Reporter writes is also
+  logged to bmm's log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from typing import NoReturn, TextIO
 
+from bmm import logs
 from bmm.errors import BmmError
+from bmm.guard import guarded, raise_on_sigterm
+
+log = logging.getLogger("bmm.remote")
 
 
 def _one_line(text: str) -> str:
@@ -38,6 +46,8 @@ class Reporter:
     def _log(self, level: str, message: str) -> None:
         prefix = f"{level}: {self.vm_id} " if self.vm_id is not None else f"{level}: "
         line = prefix + _one_line(message)
+        log.log(logging.ERROR if level == "ERROR" else logging.WARNING if level == "WARN" else logging.INFO,
+                "%s", line)
         if self.live:
             print(line, file=self.stderr, flush=True)
         else:
@@ -45,6 +55,9 @@ class Reporter:
 
     def info(self, message: str) -> None:
         self._log("INFO", message)
+
+    def warn(self, message: str) -> None:
+        self._log("WARN", message)
 
     def error(self, message: str) -> None:
         self._log("ERROR", message)
@@ -64,7 +77,9 @@ class Reporter:
             self.flush_logs()
         else:
             self._held.clear()
-        print(_one_line(message), file=self.stderr, flush=True)
+        line = _one_line(message)
+        log.error("failed: %s", line)
+        print(line, file=self.stderr, flush=True)
         sys.exit(code)
 
 
@@ -88,22 +103,15 @@ def opennebula_major(remotes_dir: str | None) -> int | None:
         return None
 
 
-def run_guarded(body: Callable[[Reporter], None], reporter: Reporter) -> NoReturn:
-    """Run a driver action: success exits 0 after flushing logs; any error becomes one line."""
-    debug = os.environ.get("BMM_DEBUG") == "1"
-    try:
-        body(reporter)
-    except SystemExit:
-        raise
-    except BmmError as exc:
-        if debug:
-            traceback.print_exc()
-        reporter.fail(str(exc))
-    except KeyboardInterrupt:
-        reporter.fail("interrupted")
-    except Exception as exc:  # last line of defence: never a traceback in normal operation
-        if debug:
-            traceback.print_exc()
-        reporter.fail(f"internal error: {type(exc).__name__}: {exc}")
-    reporter.flush_logs()
-    sys.exit(0)
+def run_guarded(body: Callable[[Reporter], None], *, opennebula_major: int | None = None) -> NoReturn:
+    """Run a driver action: success exits 0 after flushing logs; any error becomes one line.
+
+    stderr is captured for the whole action (see the module docstring); the Reporter writes
+    to the real one. SIGTERM raises Terminated, so the action's clean-up runs."""
+    logs.quiet()
+    raise_on_sigterm()
+    with logs.captured_stderr() as real_stderr:
+        rep = Reporter(stderr=real_stderr, opennebula_major=opennebula_major)
+        guarded(lambda: body(rep), on_error=rep.fail, stderr=real_stderr)
+        rep.flush_logs()
+        sys.exit(0)
