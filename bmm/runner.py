@@ -47,6 +47,7 @@ def run(
     secrets: Iterable[str] = (),
     node: str | None = None,
     cwd: str | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Result:
     """Run argv (never through a shell). Raise FatalError if the tool is missing,
     TimeoutExpired past the deadline, BmmError on a non-zero exit when check is set."""
@@ -67,6 +68,7 @@ def run(
             errors="replace" if text else None,
             cwd=cwd,
             stdin=subprocess.DEVNULL if input is None else None,
+            pass_fds=pass_fds,
         )
     except FileNotFoundError as exc:
         raise FatalError(f"{argv[0]} is not installed ({exc.strerror})", node=node) from None

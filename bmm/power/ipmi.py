@@ -1,8 +1,9 @@
 """IPMI power through `ipmitool` (lanplus by default, with a configurable cipher suite).
 
-The password never reaches argv: it is written to a 0600 temp file for `ipmitool -f`
-(removed in `finally`), or put in the child's environment as IPMI_PASSWORD for `ipmitool -E`
-(`password_via = "env"`). ipmitool runs with `-v` because only then does it say *why* a session
+The password never reaches argv and never a file: it is written into a pipe whose read end
+ipmitool inherits and reads as `-f /dev/fd/<n>`, so nothing on any disk or tmpfs holds it and
+nothing survives the process, whatever kills it. Or it is put in the child's environment as
+IPMI_PASSWORD for `ipmitool -E` (`password_via = "env"`). ipmitool runs with `-v` because only then does it say *why* a session
 failed (RAKP 2 HMAC invalid = wrong password), which decides fatal against transient.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,10 +75,22 @@ def parse_status(stdout: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def _secret_dir() -> str | None:
-    """A tmpfs for the password file when there is one (never reaches a disk)."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+PIPE_SECRET_MAX = 4096      # far below a pipe's buffer: the write never blocks
+
+
+def secret_pipe(secret: str) -> int:
+    """A pipe holding secret, write end closed; returns the read end (close it after use).
+    An empty secret is sent as NUL: an empty password file makes ipmitool prompt (as Ironic
+    does, bug 1237802)."""
+    data = (secret or "\0").encode()
+    if len(data) > PIPE_SECRET_MAX:
+        raise FatalError(f"the password is longer than {PIPE_SECRET_MAX} bytes")
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, data)
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 class IpmiPower(Power):
@@ -120,31 +132,26 @@ class IpmiPower(Power):
         password = self.password
         argv = self.base_argv()
         extra_env: dict[str, str] = {}
-        path = None
+        read_fd = None
         try:
             if self.password_via == "env" and password:
                 argv += ["-E"]
                 extra_env["IPMI_PASSWORD"] = password
             else:
-                fd, path = tempfile.mkstemp(prefix="bmm-ipmi-", dir=_secret_dir())  # mode 0600
-                with os.fdopen(fd, "w") as fh:
-                    # An empty password file makes ipmitool prompt; ironic writes NUL (bug 1237802).
-                    fh.write(password or "\0")
-                argv += ["-f", path]
+                read_fd = secret_pipe(password)
+                argv += ["-f", f"/dev/fd/{read_fd}"]
             argv += list(args)
             try:
                 result = self._runner(argv, timeout=timeout, check=False, secrets=[password],
-                                      node=self.node, extra_env=extra_env)
+                                      node=self.node, extra_env=extra_env,
+                                      pass_fds=(read_fd,) if read_fd is not None else ())
             except TimeoutExpired:
                 raise self.transient(f"ipmitool {' '.join(args)}: no answer within {timeout:.1f} s") from None
             except FatalError:
                 raise self.fatal("ipmitool is not installed (apt-get install ipmitool)") from None
         finally:
-            if path is not None:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            if read_fd is not None:
+                os.close(read_fd)
         if result.returncode != 0:
             kind, cause = classify_ipmitool(result.stderr + "\n" + result.stdout, fields={
                 "host": self.host, "cipher_suite": self.cipher_suite, "privilege": self.privilege})

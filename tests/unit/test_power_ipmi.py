@@ -29,22 +29,22 @@ def pwfile(tmp_path):
 
 
 class FakeIpmitool:
-    """Records each call (argv, env, the password file's mode and content at call time)."""
+    """Records each call (argv, env, what the password path is and holds at call time)."""
 
     def __init__(self, state="off", answers=None):
         self.state = state
         self.calls = []
         self.answers = list(answers or [])
 
-    def __call__(self, argv, *, timeout, check, secrets, node, extra_env):
+    def __call__(self, argv, *, timeout, check, secrets, node, extra_env, pass_fds=()):
         argv = list(argv)
-        seen = {"argv": argv, "env": dict(extra_env), "timeout": timeout}
+        seen = {"argv": argv, "env": dict(extra_env), "timeout": timeout, "pass_fds": tuple(pass_fds)}
         if "-f" in argv:
             path = argv[argv.index("-f") + 1]
-            st = os.stat(path)
             seen["file"] = path
-            seen["mode"] = stat.S_IMODE(st.st_mode)
-            seen["content"] = open(path).read()
+            fd = int(path.removeprefix("/dev/fd/"))
+            seen["fifo"] = path == f"/dev/fd/{fd}" and stat.S_ISFIFO(os.fstat(fd).st_mode)
+            seen["content"] = os.read(fd, 4096).decode()
         self.calls.append(seen)
         if self.answers:
             answer = self.answers.pop(0)
@@ -79,8 +79,11 @@ def test_argv_lanplus_cipher_suite_and_password_file(pwfile):
     assert argv[-3:] == ["chassis", "power", "status"]
     assert all(SECRET not in a for a in argv)
     assert "-P" not in argv and "-E" not in argv
-    assert call["mode"] == 0o600 and call["content"] == SECRET
-    assert not os.path.exists(call["file"]), "the temp password file must be removed"
+    # the password comes through an inherited pipe: no file on any disk or tmpfs holds it
+    assert call["fifo"] and call["content"] == SECRET
+    assert call["pass_fds"] == (int(call["file"].removeprefix("/dev/fd/")),)
+    with pytest.raises(OSError):
+        os.fstat(call["pass_fds"][0])          # closed once ipmitool has run
 
 
 def test_password_via_env(pwfile):
@@ -107,11 +110,14 @@ def test_interface_lan_has_no_cipher_suite(pwfile):
     assert "-C" not in fake.calls[0]["argv"]
 
 
-def test_temp_file_removed_even_when_ipmitool_fails(pwfile):
+def test_password_pipe_closed_even_when_ipmitool_fails(pwfile):
     fake = FakeIpmitool(answers=[TimeoutExpired("ipmitool did not finish")] * 10)
     with pytest.raises(TransientError):
         make(pwfile, fake, retries=1).status()
-    assert fake.calls and all(not os.path.exists(c["file"]) for c in fake.calls)
+    assert len(fake.calls) == 2 and all(c["fifo"] for c in fake.calls)
+    for call in fake.calls:
+        with pytest.raises(OSError):
+            os.fstat(call["pass_fds"][0])
 
 
 def test_commands_for_each_action(pwfile):
