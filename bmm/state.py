@@ -77,7 +77,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     AVAILABLE: frozenset({DEPLOYING, CLEANING, MAINTENANCE, ERROR}),
     DEPLOYING: frozenset({PROVISIONED, ACTIVE, OFF, CLEANING, ERROR}),   # off: context written for a resume
     PROVISIONED: frozenset({DEPLOYING, STOPPING, DELETING, MAINTENANCE, ERROR}),
-    ACTIVE: frozenset({REBOOTING, STOPPING, DELETING, MAINTENANCE, ERROR}),
+    ACTIVE: frozenset({REBOOTING, STOPPING, OFF, DELETING, MAINTENANCE, ERROR}),   # off: seen powered off
     REBOOTING: frozenset({ACTIVE, ERROR}),
     STOPPING: frozenset({OFF, ACTIVE, ERROR}),           # -> active: stop failed, node still up
     OFF: frozenset({DEPLOYING, STOPPING, DELETING, MAINTENANCE, ERROR}),   # deploying: resume
@@ -396,6 +396,20 @@ class StateStore:
         elif current.owner_pid:
             message += f" (pid {current.owner_pid})"
         return self._write(conn, current, ERROR, error=message, reason=message)
+
+    def transition_if(self, name: str, *, state: str, vm_id: int | None, to: str, reason: str,
+                      action: str) -> NodeRecord | None:
+        """For observers (the monitor): move the node to `to` only while it is still `state`
+        holding vm_id and no action holds it. Never waits for the lock; None when the record
+        changed or an action is in flight (that action owns the node's state)."""
+        try:
+            with self.locks.lock(name, action, vm_id=vm_id, wait=0):
+                current = self.get(name)
+                if current.state != state or current.vm_id != vm_id:
+                    return None
+                return self.transition(name, to, vm_id=vm_id, reason=reason, action=action)
+        except LockedError:
+            return None
 
     def fail_interrupted(self, name: str) -> NodeRecord:
         """If the node is in a transient state whose owner process is gone, move it to

@@ -9,10 +9,10 @@ from the power state and whether the machine answers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from bmm import __version__
-from bmm.state import ACTIVE, OFF
 
 HYPERVISOR = "bmm"
 
@@ -68,7 +68,17 @@ class HostReport:
         return pairs
 
     def used_disk_mb(self) -> int:
-        return 0
+        record = self.record()
+        return self.kind.used_disk_mb(record) if record is not None else 0
+
+    @cached_property
+    def kind(self):
+        """The node's machine kind, which owns what its instance is doing."""
+        from bmm.opennebula.reply import Reporter
+        from vmm_drivers.registry import driver_class
+
+        return driver_class(self.node.kind, self.config, node_name=self.node.name)(
+            self.node, self.config, Reporter(live=False))
 
     def record(self):
         if self.state_store is None:
@@ -79,7 +89,7 @@ class HostReport:
         """A bare-metal host is either wholly given to an instance or idle."""
         total_cpu = int(self.node.cpus or 0) * 100
         total_mem = int(self.node.memory_mb or 0) * 1024
-        busy = bool(self.vms())
+        busy = any(vm.state == "RUNNING" for vm in self.vms())
         return [
             ("HYPERVISOR", HYPERVISOR),
             ("USEDCPU", total_cpu if busy else 0),
@@ -91,44 +101,20 @@ class HostReport:
         ]
 
     def vms(self) -> list[VmReport]:
-        """The node's instance, if it holds one in a stable state.
+        return self._instances
 
-        - active: RUNNING when powered and answering, POWEROFF when the BMC says off;
-        - off: POWEROFF whatever the power: the instance is not running, and a machine that is
-          on is in its home OS (powered on from its BMC, or resuming: context before deploy).
-          Reporting RUNNING there would make oned resume a VM whose OS is not running.
-        Transient states (deploying, rebooting, stopping, deleting) are not reported: the
-        action in flight owns the VM's state, and a RUNNING sent during BOOT would make oned
-        think the deploy finished."""
+    @cached_property
+    def _instances(self) -> list[VmReport]:
+        """The node's instance, as its kind observes it (the same answer poll gives), with
+        the kind's record following what it saw (act=True); observed once per report.
+        Nothing while an action is in flight or the state cannot be told: the action owns the
+        VM's state, and a RUNNING sent during BOOT would make oned think the deploy finished."""
         record = self.record()
-        if record is None or record.vm_id is None or record.state not in (ACTIVE, OFF):
+        if record is None or record.vm_id is None:
             return []
-        if record.state == OFF:
-            state = "POWEROFF"
-        else:
-            power = self.power_status()
-            if power == "off":
-                state = "POWEROFF"
-            elif power == "on" or self.answers():
-                state = "RUNNING"
-            else:
-                return []
+        state = self.kind.instance_state(record, act=True)
+        if state is None:
+            return []
         memory = int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0
-        return [VmReport(record.vm_id, f"bmm-{self.node.name}-{record.vm_id}", state,
+        return [VmReport(record.vm_id, self.kind.deploy_id(record.vm_id), str(state),
                          {"CPU": 0, "MEMORY": memory})]
-
-    def power_status(self) -> str:
-        try:
-            from bmm.power import power_for
-
-            return power_for(self.node).status()
-        except Exception:   # a report never fails because a BMC is away: the state is unknown
-            return "unknown"
-
-    def answers(self) -> bool:
-        from bmm.transport.ssh import reachable
-
-        try:
-            return reachable(self.node.ssh.target(self.node.name), 3.0)
-        except Exception:
-            return False

@@ -50,7 +50,7 @@ class FakeDriver(MachineDriver):
         self.reporter.info(f"booting VM {call.vm_id}")
         self._update(call, power="on")
         step.go(ACTIVE, reason="running")
-        return f"bmm-{self.node.name}-{call.vm_id}"
+        return self.deploy_id(call.vm_id)
 
     def shutdown(self, call, step):
         step.go(STOPPING, reason="shutdown")

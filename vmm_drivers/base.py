@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
@@ -126,7 +127,23 @@ ACCESS: dict[str, Access] = {
     "cancel": Access(_HELD, cleanup=True),
     "tm_delete": Access(_HELD, cleanup=True),
     "poll": Access(frozenset(HOLDS_INSTANCE | {ERROR}), readonly=True),
+    "rearm": Access(frozenset({ACTIVE})),
 }
+
+# oned's LCM_STATE while it runs SHUTDOWN/CANCEL for `onevm undeploy` (include/VirtualMachine.h)
+SHUTDOWN_UNDEPLOY = 29
+
+
+class InstanceState(StrEnum):
+    """What OpenNebula's STATE_VM carries for an instance (protocol §2.6), and poll's letter."""
+
+    RUNNING = "RUNNING"
+    POWEROFF = "POWEROFF"
+    FAILURE = "FAILURE"
+
+    @property
+    def poll_letter(self) -> str:
+        return {"RUNNING": "a", "POWEROFF": "d", "FAILURE": "e"}[self.value]
 
 _WHAT = {"tm_clone": "clone a disk of", "tm_ln": "link a disk of", "tm_mkswap": "create a swap disk for",
          "tm_mkimage": "create a volatile disk for", "tm_context": "write the context of",
@@ -142,6 +159,10 @@ def access_decision(action: str, record: NodeRecord, vm_id: int) -> str | None:
     action must succeed without touching anything; else raise Refused with the reason."""
     access = ACCESS[action]
     node = record.name
+    if access.claims and record.vm_id == vm_id and record.state in (ACTIVE, OFF):
+        # a disk for an instance that exists already: OpenNebula's disk hot-plug, whose TM
+        # step runs before its VMM attach_disk
+        raise NotSupported("disk attach")
     if record.vm_id is not None and record.vm_id != vm_id:
         if access.cleanup:
             return "noop"
@@ -233,6 +254,7 @@ class MachineDriver:
     """
 
     kind = "abstract"
+    supports_undeploy = False
 
     def __init__(self, node: Any, config: Config, reporter: Reporter):
         self.node = node
@@ -247,6 +269,13 @@ class MachineDriver:
     def perform(self, action: str, call):
         method = getattr(self, action)
         access = ACCESS.get(action)
+        if action in ("shutdown", "cancel") and not self.supports_undeploy:
+            vm = call.drv_action.vm if call.drv_action is not None else None
+            if vm is not None and vm.lcm_state == SHUTDOWN_UNDEPLOY:
+                # refused before the power-off: oned would power the instance off, then fail
+                # its TM mv, and only `recover --delete` would get out
+                raise NotSupported("undeploy (the instance's disks live on the machine; "
+                                   "use poweroff or terminate)")
         if access is None:
             return method(call)
         if access.readonly:
@@ -267,6 +296,22 @@ class MachineDriver:
             except BaseException as exc:
                 step.settle(exc)
                 raise
+
+    def deploy_id(self, vm_id: int) -> str:
+        """The id `deploy` prints, the IM reports and oned passes back to every action."""
+        return f"bmm-{self.name}-{vm_id}"
+
+    # -- what the instance is doing: one answer for poll and for the IM ------------------
+    def instance_state(self, record: NodeRecord, *, act: bool = False) -> InstanceState | None:
+        """The state of the instance the node's record holds, as OpenNebula should see it, or
+        None to say nothing (no instance, an action in flight, or it cannot be told). Poll and
+        the IM both call this. With act, the kind may also make its record follow what it
+        observed (the monitor does; a poll by hand never changes anything)."""
+        raise not_supported("monitoring of this machine kind")
+
+    def used_disk_mb(self, record: NodeRecord) -> int:
+        """Disk the node's instance occupies, for the host's USED disk."""
+        return 0
 
     def after_failure(self, step: Step, exc: BaseException) -> tuple[tuple[NodeState, ...], str]:
         """Where the node stands after `step` failed with exc: (states to walk, reason).
@@ -290,7 +335,12 @@ class MachineDriver:
         raise not_supported("reset")
 
     def poll(self, call: VmmCall) -> str:
-        raise not_supported("poll")
+        state = self.instance_state(self.store.get(self.name))
+        return f"STATE={state.poll_letter if state else '-'}"
+
+    def rearm(self, call: VmmCall, step: Step) -> None:
+        """Boot the instance again after the machine fell back to its home OS."""
+        raise not_supported("re-arming")
 
     def prereconfigure(self, call: VmmCall) -> None:
         """Context changes reach the node through TM `context`; nothing to do here."""

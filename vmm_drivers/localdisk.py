@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
@@ -29,15 +30,18 @@ from pathlib import Path
 from bmm.boot import grub
 from bmm.context import build_context_iso, write_context_lv
 from bmm.errors import AuthError, BmmError, InputError, Refused, TimeoutExpired, TransientError
-from bmm.power import power_for
+from bmm.power import PowerState, power_for
 from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, OFF, PROVISIONED, REBOOTING,
                        STOPPING)
 from bmm.storage import lvm
 from bmm.storage.adapt import adapt_root
 from bmm.storage.image import inspect_image, probe_layout
 from bmm.storage.stream import copy_image_to_lv
-from bmm.transport.ssh import SshSession, SshTarget, reachable
-from vmm_drivers.base import MachineDriver, Step, TmCall, VmmCall, describe, not_supported
+from bmm.transport.ssh import SshSession, SshTarget, host_key, reachable, session_host_key
+from vmm_drivers.base import InstanceState, MachineDriver, Step, TmCall, VmmCall, describe, not_supported
+from vmm_drivers.rearm import start_rearm
+
+log = logging.getLogger("bmm.localdisk")
 
 PROBE_TIMEOUT = 10.0
 COPY_TIMEOUT = 6 * 3600.0
@@ -58,10 +62,6 @@ def entry_id(vm_id: int) -> str:
     return f"bmm-vm{vm_id}"
 
 
-def deploy_id(node: str, vm_id: int) -> str:
-    return f"bmm-{node}-{vm_id}"
-
-
 class LocalDiskDriver(MachineDriver):
     kind = "localdisk"
 
@@ -77,9 +77,20 @@ class LocalDiskDriver(MachineDriver):
         return power_for(self.node)
 
     # ---------------------------------------------------------------- bookkeeping
+    # What bmm put on the node for a VM, kept on the front-end: the LVs it created (name ->
+    # bytes; what the host reports as USED disk, and what a clean-up may touch) and, once the
+    # boot disk is cloned, how to boot it (kernel, initrd, root LV). Knowing this without
+    # asking the node means a clean-up of something bmm never made never powers it on.
     def _meta_path(self, vm_id: int) -> Path:
-        """What the prolog learnt of VM vm_id's boot disk on this node (kernel, initrd, LV)."""
         return Path(self.config.state_db).parent / "vms" / self.name / f"{vm_id}.json"
+
+    def _meta(self, vm_id: int) -> dict:
+        try:
+            data = json.loads(self._meta_path(vm_id).read_text())
+        except (FileNotFoundError, ValueError):
+            return {"lvs": {}}
+        data.setdefault("lvs", {})
+        return data
 
     def _save_meta(self, vm_id: int, data: dict) -> None:
         path = self._meta_path(vm_id)
@@ -89,12 +100,27 @@ class LocalDiskDriver(MachineDriver):
             json.dump(data, fh)
         os.replace(tmp, path)
 
-    def _load_meta(self, vm_id: int) -> dict:
-        try:
-            return json.loads(self._meta_path(vm_id).read_text())
-        except FileNotFoundError:
+    def _note_lv(self, vm_id: int, lv: str, size: int | None, **extra) -> None:
+        """Record (size given) or forget (None) an LV of the VM; extra keys go in as they are."""
+        meta = self._meta(vm_id)
+        if size is None:
+            meta["lvs"].pop(lv, None)
+        else:
+            meta["lvs"][lv] = size
+        meta.update(extra)
+        self._save_meta(vm_id, meta)
+
+    def _boot_meta(self, vm_id: int) -> dict:
+        boot = self._meta(vm_id).get("boot")
+        if not boot:
             raise Refused(f"has no boot disk of VM {vm_id} (no image was cloned to disk 0 here)",
-                          node=self.name) from None
+                          node=self.name)
+        return boot
+
+    def used_disk_mb(self, record) -> int:
+        if record.vm_id is None:
+            return 0
+        return sum(self._meta(record.vm_id)["lvs"].values()) // 2**20
 
     # ---------------------------------------------------------------- the node's OS
     def _probe(self) -> tuple[str, SshSession | None]:
@@ -133,6 +159,7 @@ class LocalDiskDriver(MachineDriver):
         while True:
             kind, session = self._probe()
             if kind == "home":
+                self._remember_home_key(session)
                 return session
             last = "ssh does not answer" if kind == "down" else "something other than the home OS answers"
             now = time.monotonic()
@@ -169,6 +196,7 @@ class LocalDiskDriver(MachineDriver):
         raise TimeoutExpired(f"VM {vm_id} did not come up within {wait_s:g} s", node=self.name)
 
     def _arm_and_boot(self, session: SshSession, vm_id: int, meta: dict) -> None:
+        """meta: the VM's boot record (_boot_meta)."""
         lv = meta["lv"]
         if not lvm.lv_exists(session, self.vg, lv):
             raise BmmError(f"VM {vm_id}'s disk {self.vg}/{lv} is missing", node=self.name)
@@ -199,11 +227,11 @@ class LocalDiskDriver(MachineDriver):
     # ---------------------------------------------------------------- VMM
     def deploy(self, call: VmmCall, step: Step) -> str:
         vm = call.vm_id
-        meta = self._load_meta(vm)          # the VM's boot disk must be here before anything moves
+        meta = self._boot_meta(vm)          # the VM's boot disk must be here before anything moves
         step.go(DEPLOYING, reason=f"deploy VM {vm}")
         self._boot_instance(vm, meta)
         step.go(ACTIVE, reason=f"VM {vm} running")
-        return deploy_id(self.name, vm)
+        return self.deploy_id(vm)
 
     def shutdown(self, call: VmmCall, step: Step) -> None:
         vm = call.vm_id
@@ -222,7 +250,7 @@ class LocalDiskDriver(MachineDriver):
 
     def _restart(self, call: VmmCall, step: Step, *, hard: bool) -> None:
         vm = call.vm_id
-        meta = self._load_meta(vm)
+        meta = self._boot_meta(vm)
         step.go(REBOOTING, reason=f"{'reset' if hard else 'reboot'} VM {vm}")
         if hard:
             self.power.reset()          # next_entry was consumed: lands in the home OS
@@ -238,13 +266,81 @@ class LocalDiskDriver(MachineDriver):
     def reset(self, call: VmmCall, step: Step) -> None:
         self._restart(call, step, hard=True)
 
-    def poll(self, call: VmmCall) -> str:
-        status = self.power.status()
-        if status == "off":
-            return "STATE=d"
-        if reachable(self.target, PROBE_TIMEOUT):
-            return "STATE=a"
-        return "STATE=e" if status == "on" else "STATE=-"
+    # ---------------------------------------------------------------- what runs there
+    def _home_key_path(self) -> Path:
+        return Path(self.config.state_db).parent / "hostkeys" / f"{self.name}.pub"
+
+    def _remember_home_key(self, session: SshSession) -> None:
+        key = session_host_key(session)
+        path = self._home_key_path()
+        if key and (not path.exists() or path.read_text().strip() != key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(key + "\n")
+
+    def which_os(self) -> str | None:
+        """Which OS answers on the node: "home", "tenant", or None (no ssh server answers).
+
+        The host key (a key exchange, no login) tells most cases at once: a tenant image has
+        keys of its own. When the key is the home OS's (or none is known yet), only a login
+        with bmm's key that finds the node's VG and grubenv proves it is the home OS."""
+        key = host_key(dataclasses.replace(self.target, connect_timeout=PROBE_TIMEOUT), PROBE_TIMEOUT)
+        if key is None:
+            return None
+        try:
+            known = self._home_key_path().read_text().strip()
+        except OSError:
+            known = None
+        if known and key != known:
+            return "tenant"
+        kind, session = self._probe()
+        if session is not None:
+            session.close()
+        return {"home": "home", "other": "tenant"}.get(kind)
+
+    def _power_status(self) -> str:
+        try:
+            return self.power.status()
+        except BmmError as exc:
+            log.info("node %s: power status unknown: %s", self.name, exc.reason)
+            return PowerState.UNKNOWN
+
+    def instance_state(self, record, *, act: bool = False) -> InstanceState | None:
+        """Power from the BMC, then which OS answers. The instance is RUNNING only while its
+        own OS answers; a machine in its home OS is never reported RUNNING. With act:
+        - the BMC says off while bmm thinks the instance runs (powered off outside
+          OpenNebula): the record follows (active -> off), so a resume works;
+        - the home OS answers where the instance should run (the tenant rebooted itself, or
+          GRUB's one-shot entry was used up): one re-arm is started (`rearm`), which reboots
+          it into the instance, or, failing, leaves the node in error, reported POWEROFF."""
+        if record.vm_id is None or record.state not in (ACTIVE, OFF, ERROR):
+            return None
+        if record.state == OFF:
+            return InstanceState.POWEROFF
+        power = self._power_status()
+        if power == PowerState.OFF:
+            if act and record.state == ACTIVE:
+                self.store.transition_if(self.name, state=ACTIVE, vm_id=record.vm_id, to=OFF, action="monitor",
+                                         reason=f"VM {record.vm_id} powered off outside OpenNebula (seen by monitoring)")
+            return InstanceState.POWEROFF
+        running_os = self.which_os()
+        if record.state == ERROR:
+            return InstanceState.POWEROFF if running_os == "home" else None
+        if running_os == "tenant":
+            return InstanceState.RUNNING
+        if running_os == "home" and act:
+            start_rearm(self.config, self.name, record.vm_id)
+        return None
+
+    def rearm(self, call: VmmCall, step: Step) -> None:
+        vm = call.vm_id
+        meta = self._boot_meta(vm)
+        if self.which_os() != "home":
+            return                  # not (or no longer) in its home OS: nothing to do
+        self.reporter.info(f"VM {vm} fell back to {self.name}'s home OS; re-arming next_entry and rebooting it")
+        log.warning("node %s: VM %s found in the home OS; re-arming and rebooting it once", self.name, vm)
+        step.go(REBOOTING, reason=f"VM {vm} found in the home OS: re-armed and rebooted")
+        self._boot_instance(vm, meta)
+        step.go(ACTIVE, reason=f"VM {vm} running again after the re-arm")
 
     def after_failure(self, step: Step, exc: BaseException):
         reason = f"{step.name} of VM {step.vm_id} failed: {describe(exc)}"
@@ -283,6 +379,7 @@ class LocalDiskDriver(MachineDriver):
             size = layout.root_size if boot_disk else info.virtual_size
             offset = layout.root_offset if boot_disk else 0
             created = lvm.create_lv(session, self.vg, lv, size, tags=("bmm", f"bmm_vm_{vm}"))
+            self._note_lv(vm, lv, created.size)
             self.reporter.info(f"copying image {call.src_path.rsplit('/', 1)[-1]} ({size // 2**20} MiB) "
                                f"to {self.vg}/{lv}")
             with lvm.open_lv(session, self.vg, lv) as dev:
@@ -296,22 +393,28 @@ class LocalDiskDriver(MachineDriver):
                 self.reporter.info(f"fstab: {change}")
             for warning in adapted.warnings:
                 self.reporter.info(f"warning: {warning}")
-            self._save_meta(vm, {"lv": lv, "kernel": adapted.kernel, "initrd": adapted.initrd,
-                                 "fstype": adapted.fstype, "cmdline": "ro"})
+            self._note_lv(vm, lv, created.size, boot={"lv": lv, "kernel": adapted.kernel,
+                                                      "initrd": adapted.initrd, "fstype": adapted.fstype,
+                                                      "cmdline": "ro"})
         step.go(PROVISIONED, reason=f"disk {disk} of VM {vm} is on the node")
 
     def tm_context(self, call: TmCall, step: Step) -> None:
         vm = call.vm_id
         if step.record.state == ACTIVE:
-            raise Refused(f"VM {vm} is running; its context can only change while it is powered off",
-                          node=self.name)
+            if self._power_status() != PowerState.OFF:
+                raise Refused(f"VM {vm} is running; its context can only change while it is powered off",
+                              node=self.name)
+            # powered off outside OpenNebula, and oned already saw it (monitoring alone moves
+            # the VM to POWEROFF): the record follows before the resume goes on
+            step.go(OFF, reason=f"VM {vm} powered off outside OpenNebula (seen at resume)")
         with tempfile.TemporaryDirectory(prefix="bmm-context-") as tmp:
             iso = os.path.join(tmp, "context.iso")
             build_context_iso(call.context, call.context_files, iso, macs=self.node.macs, node=self.name)
             step.go(DEPLOYING, reason=f"context of VM {vm}")
             with self.home_os() as session:
-                write_context_lv(session, self.vg, context_lv(vm), iso)
-        step.go(step.start.state if step.start.state != ERROR else PROVISIONED,
+                written = write_context_lv(session, self.vg, context_lv(vm), iso)
+            self._note_lv(vm, written.name, written.size)
+        step.go(PROVISIONED if step.start.state in (PROVISIONED, ERROR) else OFF,
                 reason=f"context of VM {vm} written")
 
     def tm_mkswap(self, call: TmCall, step: Step) -> None:
@@ -327,7 +430,8 @@ class LocalDiskDriver(MachineDriver):
         lv = disk_lv(vm, disk)
         step.go(DEPLOYING, reason=f"volatile disk {disk} of VM {vm}")
         with self.home_os() as session:
-            lvm.create_lv(session, self.vg, lv, call.size_mb * 2**20, tags=("bmm", f"bmm_vm_{vm}"))
+            created = lvm.create_lv(session, self.vg, lv, call.size_mb * 2**20, tags=("bmm", f"bmm_vm_{vm}"))
+            self._note_lv(vm, lv, created.size)
             if swap:
                 with lvm.open_lv(session, self.vg, lv) as dev:
                     session.run(["mkswap", "-L", f"swap-vm{vm}", dev], timeout=120)
@@ -336,9 +440,19 @@ class LocalDiskDriver(MachineDriver):
     def tm_delete(self, call: TmCall, step: Step) -> None:
         vm = call.vm_id
         if call.disk_id is not None:
-            # one disk of the epilog; the VM directory's delete that follows ends the VM
+            # One disk of the epilog (the VM directory's delete that follows ends the VM), or
+            # the roll-back of a refused disk attach. Only a disk bmm made is wiped here, and
+            # never under a running instance.
+            lv = disk_lv(vm, call.disk_id)
+            if lv not in self._meta(vm)["lvs"]:
+                self.reporter.info(f"VM {vm} has no disk {call.disk_id} on {self.name}; nothing to delete")
+                return
+            if step.record.state == ACTIVE:
+                self.reporter.info(f"VM {vm} runs on {self.name}; its disk {call.disk_id} goes when it terminates")
+                return
             with self.home_os() as session:
-                self._wipe(session, [disk_lv(vm, call.disk_id)])
+                self._wipe(session, [lv])
+            self._note_lv(vm, lv, None)
             return
         step.go(DELETING, reason=f"delete VM {vm}")
         with self.home_os() as session:

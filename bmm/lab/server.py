@@ -323,6 +323,12 @@ class Server(Machine):
             "host_pidns": host_pidns(), "entry": entry.describe(),
         }
         hostkey = self.dir / "sshd" / "host_ed25519"
+        if not choice.home:
+            # every installed OS has host keys of its own (a real image makes them at first boot)
+            hostkey = self.dir / "sshd" / f"tenant_{entry.root_lv}_ed25519"
+            if not hostkey.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)],
+                               check=True, capture_output=True, timeout=30)
         common = SSHD_COMMON.format(name=self.name, addr=node["addr"], hostkey=hostkey,
                                     mode="home" if choice.home else "tenant")
         lab_dir = Path(self.fw.dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 from bmm.errors import ConfigError
@@ -23,7 +24,15 @@ DRIVERS = {
     "manual": "bmm.power.manual:ManualPower",
 }
 
-POWER_STATES = ("on", "off", "unknown")
+class PowerState(StrEnum):
+    """What a BMC/PDU says. Power is one signal; whether an OS answers is another."""
+
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+POWER_STATES = tuple(PowerState)
 
 # ---------------------------------------------------------------------------------------------
 # The schema of [nodes.X.power]. Each key: (type check, description). Kept as data so that

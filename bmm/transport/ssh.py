@@ -231,6 +231,35 @@ def wait_for_ssh(target: SshTarget, *, deadline: float, interval: float = 1.0) -
         time.sleep(interval)
 
 
+def host_key(target: SshTarget, timeout: float = 5.0) -> str | None:
+    """The host key the SSH server at target presents ("<type> <base64>"), from the key
+    exchange alone (no login), or None when no SSH server answers in time. Which OS runs on a
+    machine shows in its host key: the home OS's is known, a tenant image brings its own."""
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=timeout)
+    except OSError:
+        return None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = timeout
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
+    except (OSError, paramiko.SSHException, EOFError):
+        return None
+    finally:
+        transport.close()
+        sock.close()
+
+
+def session_host_key(session: SshSession) -> str | None:
+    transport = session.client.get_transport()
+    if transport is None:
+        return None
+    key = transport.get_remote_server_key()
+    return f"{key.get_name()} {key.get_base64()}"
+
+
 def reachable(target: SshTarget, timeout: float = 3.0) -> bool:
     """Does an SSH server answer at the target? A TCP connect plus banner, no login."""
     try:

@@ -166,9 +166,11 @@ def test_full_life_cycle(world):
     assert store.get(node).state == "available" and store.get(node).vm_id is None
 
 
-def test_monitoring_reports_the_instance_from_power_and_state(world):
-    """The IM report of a lab server: capacity from the inventory, the instance RUNNING while
-    powered, POWEROFF when the BMC says off, nothing once the node is available."""
+def test_monitoring_reports_the_instance_from_power_and_what_answers(world):
+    """The IM report of a lab server: capacity from the inventory; for a node whose record
+    says an instance runs: nothing while only the home OS answers (it is not the instance),
+    POWEROFF when the BMC says off, and the record follows; nothing once the node is
+    available. The instance RUNNING case is in test_full_life_cycle and test_state_follows."""
     from bmm.inventory import node_for_host
     from im_drivers.messages import payloads
     from im_drivers.registry import report_class
@@ -179,18 +181,24 @@ def test_monitoring_reports_the_instance_from_power_and_state(world):
     config = load_config(one.remotes / "etc" / "bmm" / "bmm.toml")
     node = node_for_host(config, node_name)
     store = open_store(config=config)
+
+    def state_vm():
+        report = report_class(node.kind, config)(node, config, store)
+        return template.parse(payloads(report, ("STATE_VM",))["STATE_VM"])
+
     report = report_class(node.kind, config)(node, config, store)
     system = dict(template.parse(payloads(report, ("SYSTEM_HOST",))["SYSTEM_HOST"]))
     assert system["TOTALCPU"] == str(node.cpus * 100) and system["HYPERVISOR"] == "bmm"
-    assert payloads(report, ("STATE_VM",))["STATE_VM"] == ""          # available: no instance
+    assert state_vm() == []                                      # available: no instance
     store.transition(node_name, "deploying", vm_id=77)
     store.transition(node_name, "active", vm_id=77)
     try:
         lab.ipmitool(node_name, "chassis", "power", "on")
-        assert template.parse(payloads(report, ("STATE_VM",))["STATE_VM"]) == [
-            ("VM", {"ID": "77", "DEPLOY_ID": f"bmm-{node_name}-77", "STATE": "RUNNING"})]
+        lab.wait_ssh(node_name, timeout=60)
+        assert state_vm() == []                                  # the home OS is not VM 77
         lab.ipmitool(node_name, "chassis", "power", "off")
-        assert template.parse(payloads(report, ("STATE_VM",))["STATE_VM"])[0][1]["STATE"] == "POWEROFF"
+        assert state_vm() == [("VM", {"ID": "77", "DEPLOY_ID": f"bmm-{node_name}-77", "STATE": "POWEROFF"})]
+        assert store.get(node_name).state == "off"
     finally:
         store.transition(node_name, "deleting")
         store.transition(node_name, "cleaning")

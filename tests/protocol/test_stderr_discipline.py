@@ -73,7 +73,7 @@ def one(tmp_path):
 
 
 def test_a_failing_vmm_action_writes_exactly_its_cause(one):
-    ex = one.simple("poll", drv_action(vm_xml(5, HOST), HOST), f"bmm-{HOST}-5", HOST, 5)
+    ex = one.simple("cancel", drv_action(vm_xml(5, HOST), HOST), f"bmm-{HOST}-5", HOST, 5)
     assert ex.returncode != 0
     lines = ex.stderr.splitlines()
     assert len(lines) == 1, lines                        # no retry warning, no log line
@@ -81,6 +81,12 @@ def test_a_failing_vmm_action_writes_exactly_its_cause(one):
     assert ex.failure_text_7 == ex.failure_text_610 == lines[0]
     log = (one.state_dir / "bmm.log").read_text()
     assert "transient failure, retry 1/2" in log         # the warnings went to bmm's log
+
+
+def test_poll_says_unknown_when_neither_the_bmc_nor_the_os_answers(one):
+    """Power unknown and no OS answering: poll and the IM both say nothing definite."""
+    ex = one.simple("poll", drv_action(vm_xml(5, HOST), HOST), f"bmm-{HOST}-5", HOST, 5)
+    assert ex.returncode == 0 and ex.stdout == "STATE=-\n" and ex.stderr == ""
 
 
 def test_im_start_is_a_document_even_when_the_bmc_is_away(one):
