@@ -2,8 +2,10 @@
 
 OpenNebula runs the remotes with a bare environment, so the remotes find this file relative
 to the remotes directory, the way OpenNebula's own drivers find `etc/`:
-`<remotes>/etc/bmm/bmm.toml`. `BMM_CONFIG` overrides it for tests and debugging, and the
-`bmm` command falls back to /etc/one/bmm/bmm.toml.
+`<remotes>/etc/bmm/bmm.toml`. The `bmm` command reads the same file: the front-end's remotes
+directory (`$ONE_LOCATION/var/remotes` for a self-contained OpenNebula, else
+/var/lib/one/remotes), then /etc/one/bmm/bmm.toml. `BMM_CONFIG` (or `bmm --config`) overrides
+both, for tests and debugging.
 """
 
 from __future__ import annotations
@@ -54,12 +56,24 @@ def remotes_config_path(remote_script: str) -> Path:
     return SYSTEM_CONFIG
 
 
+def frontend_remotes() -> Path:
+    """OpenNebula's remotes directory on this front-end."""
+    location = os.environ.get("ONE_LOCATION")
+    return Path(location) / "var" / "remotes" if location else Path("/var/lib/one/remotes")
+
+
 def find_config(remote_script: str | None = None) -> Path | None:
+    """BMM_CONFIG; else, for a remote, <remotes>/etc/bmm/bmm.toml beside it; else (the bmm
+    command) the front-end's remotes' bmm.toml; else /etc/one/bmm/bmm.toml; else None."""
     env = os.environ.get("BMM_CONFIG")
     if env:
         return Path(env)
     if remote_script is not None:
         candidate = remotes_config_path(remote_script)
+        if candidate.exists():
+            return candidate
+    else:
+        candidate = frontend_remotes() / "etc" / "bmm" / "bmm.toml"
         if candidate.exists():
             return candidate
     return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None

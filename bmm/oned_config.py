@@ -43,7 +43,6 @@ TM_MAD_CONF = f'''TM_MAD_CONF = [
     CLONE_TARGET  = "SYSTEM",
     SHARED        = "NO",
     DS_MIGRATE    = "NO",
-    DRIVER        = "raw",
     ALLOW_ORPHANS = "NO"
 ]'''
 
@@ -55,7 +54,11 @@ IM_MAD = f'''IM_MAD = [
     THREADS       = 0
 ]'''
 
-EXAMPLES = f'''# 1. A cluster, and datastores that use TM "{NAME}" (no stock TM will ssh into a machine):
+EXAMPLES = f'''# 1. A cluster, and datastores that use TM "{NAME}" (no stock TM will ssh into a machine).
+#    `bmm one register` makes all of 1, 2 and 4 from the inventory (--dry-run shows how).
+#    SAFE_DIRS: where you keep images to register (7.4 accepts images only from there;
+#    its default is /var/tmp). No DRIVER: oned would convert every image to it, and bmm
+#    streams qcow2 images as they are.
 onecluster create bare-metal
 cat > bm-system.ds <<EOT
 NAME = "bm_system"
@@ -66,11 +69,12 @@ cat > bm-images.ds <<EOT
 NAME = "bm_images"
 DS_MAD = "fs"
 TM_MAD = "{NAME}"
+SAFE_DIRS = "/var/tmp"
 EOT
 onedatastore create bm-system.ds -c bare-metal
 onedatastore create bm-images.ds -c bare-metal
 
-# 2. One host per machine, named as in /etc/one/bmm/nodes.toml:
+# 2. One host per machine, named as in the inventory (bmm.toml `inventory`):
 onehost create node01 --im {NAME} --vm {NAME} --cluster bare-metal
 
 # 3. Networks with a front-end-only VN_MAD, e.g. dummy:  VN_MAD = "dummy", BRIDGE = "br0"
@@ -149,6 +153,26 @@ def apply_oned(path: Path) -> bool:
     new = _add_to_list(new, "TM_MAD", "-d")
     new = _add_to_list(new, "DATASTORE_MAD", "-s")
     return _write(path, new, old)
+
+
+def oned_problems(text: str) -> list[str]:
+    """What keeps this oned.conf from running bmm (empty when nothing does)."""
+    problems = []
+    if BEGIN not in text or f'NAME           = "{NAME}"' not in text:
+        problems.append("has no bmm VM_MAD/TM_MAD_CONF block (run `install.sh --apply-config`)")
+    for block, flag in (("TM_MAD", "-d"), ("DATASTORE_MAD", "-s")):
+        try:
+            if _add_to_list(text, block, flag) != text:
+                problems.append(f"{block} {flag} does not list {NAME}")
+        except ConfigError as exc:
+            problems.append(exc.reason)
+    return problems
+
+
+def monitord_problems(text: str) -> list[str]:
+    if BEGIN not in text or f'EXECUTABLE    = "one_im_sh"' not in text:
+        return ["has no bmm IM_MAD block (run `install.sh --apply-config`)"]
+    return []
 
 
 def apply_monitord(path: Path) -> bool:

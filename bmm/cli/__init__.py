@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -14,8 +15,10 @@ from bmm.guard import debug, describe_error
 GROUPS = {
     "lab": "bmm.cli.lab",
     "nodes": "bmm.cli.nodes",
+    "one": "bmm.cli.one",
     "power": "bmm.cli.power",
     "remotes": "bmm.cli.remotes",
+    "doctor": "bmm.cli.doctor",
 }
 
 
@@ -74,15 +77,22 @@ def _not_built(name: str) -> click.Command:
 
 @click.group(cls=BmmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bmm")
-def main():
+@click.option("--config", "config", metavar="FILE", type=click.Path(dir_okay=False),
+              help="bmm.toml to use [env BMM_CONFIG; default: the one in OpenNebula's remotes "
+                   "directory, /var/lib/one/remotes/etc/bmm/bmm.toml, else /etc/one/bmm/bmm.toml].")
+def main(config):
     """bmm runs OpenNebula instances on bare metal.
 
     \b
     Command groups:
       lab      a simulated rack on this machine (try `bmm lab demo` first)
       nodes    the inventory: validate, list, show, import legacy tilera_boards
+      one      register the inventory in OpenNebula, reconcile both sides
       power    switch and query node power through BMCs, PDUs and ssh
       remotes  install OpenNebula's driver scripts and print oned.conf blocks
+      doctor   check this front-end: tools, config, inventory, BMCs, oned, remotes
 
     Set BMM_DEBUG=1 for tracebacks.
     """
+    if config:
+        os.environ["BMM_CONFIG"] = config
