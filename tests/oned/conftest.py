@@ -65,7 +65,18 @@ def one_source() -> Path:
 
 
 @pytest.fixture(scope="package")
-def one_install() -> Path:
+def sigterm_tears_down():
+    """While the tier runs, SIGTERM (a CI job cancelled) tears down like Ctrl-C, so the lab
+    and the front-end are stopped instead of left running."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="package")
+def one_install(sigterm_tears_down) -> Path:
     """The cached OpenNebula install tree (built on first use; minutes)."""
     source = one_source()
     require_lab(*LAB_TOOLS, "qemu-img", "ssh-keygen")
@@ -82,7 +93,6 @@ def lab(one_install):
 def frontend(one_install, lab):
     """oned + monitord + scheduler in a fresh ONE_LOCATION, bmm installed, always stopped."""
     from tests.oned.frontend import Frontend
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM tears down like Ctrl-C
     fe = Frontend.create(one_install)
     _live[str(fe.dir)] = fe
     try:
@@ -98,7 +108,6 @@ def frontend(one_install, lab):
                 fe.keep()
             else:
                 fe.purge()
-            signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="package")
