@@ -191,15 +191,16 @@ def receiver_argv(kind: str, device: str) -> list[str]:
 
 def encode(blocks: Iterator[Block], length: int, device_size: int, *, target_zeroed: bool = False,
            min_zero: int = 256 * 1024, merge_limit: int = MERGE_LIMIT,
-           stats: dict | None = None) -> Iterator[bytes | memoryview]:
+           stats: dict | None = None, version: int = VERSION) -> Iterator[bytes | memoryview]:
     """The stream for blocks covering [0, length) of a device of device_size bytes.
-    stats (if given) is updated with 'pos' (bytes of the device dealt with), 'data', 'zero'."""
+    stats (if given) is updated with 'pos' (bytes of the device dealt with), 'data', 'zero'.
+    version 2 (bmm.storage.delivery) has the same records, then a MAC trailer of its own."""
     st = stats if stats is not None else {}
     st.update(pos=0, data=0, zero=0)
     zeros = memoryview(bytes(CHUNK))
     # S carries the size of the target area when Z records will zero parts of it, so a
     # receiver may zero it all at once up front instead (0: the target is known to be zero)
-    yield record("S", VERSION, 0 if target_zeroed else device_size)
+    yield record("S", version, 0 if target_zeroed else device_size)
     pend: list = []
     pend_off = pend_len = 0
 
@@ -326,8 +327,9 @@ def _classify(exc: BaseException, image_path: str, device: str, node: str | None
         return exc
     if isinstance(exc, BmmError):
         text = exc.reason
-        if "bmm-recv: fatal:" in text:
-            return BmmError(f"{what} failed: {text.split('bmm-recv: fatal:', 1)[1].strip()}", node=node)
+        for kind in ("fatal", "corrupt"):       # corrupt: a version 2 stream whose MAC differs
+            if f"bmm-recv: {kind}:" in text:
+                return BmmError(f"{what} failed: {text.split(f'bmm-recv: {kind}:', 1)[1].strip()}", node=node)
         cause = text.split("bmm-recv: interrupted:", 1)[1].strip() if "bmm-recv: interrupted:" in text else text
         return TransientError(f"{what} interrupted: {cause}", node=node)
     if isinstance(exc, OSError):     # e.g. BrokenPipeError: the receiver went away mid-stream
