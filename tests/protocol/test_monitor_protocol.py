@@ -2,8 +2,6 @@
 is decoded exactly as onemonitord does (Message::parse_from, then the template parser)."""
 
 import base64
-import socket
-import threading
 import time
 import zlib
 
@@ -11,65 +9,13 @@ import pytest
 from lxml import etree
 
 from bmm.opennebula import monitor, template
+from tests.monitord import Monitord
 
 CONFIG_XML = """<MONITOR_CONFIGURATION><NETWORK><ADDRESS>::</ADDRESS><MONITOR_ADDRESS>auto</MONITOR_ADDRESS>
 <PORT>{port}</PORT><THREADS>8</THREADS><PUBKEY/><PRIKEY/></NETWORK>
 <PROBES_PERIOD><BEACON_HOST>1</BEACON_HOST><SYSTEM_HOST>1</SYSTEM_HOST><MONITOR_HOST>1</MONITOR_HOST>
 <STATE_VM>1</STATE_VM><MONITOR_VM>1</MONITOR_VM><SYNC_STATE_VM>180</SYNC_STATE_VM></PROBES_PERIOD>
 <HOST_ID>3</HOST_ID></MONITOR_CONFIGURATION>"""
-
-
-class Monitord:
-    """UDP + TCP listener on one port, like onemonitord's NETWORK."""
-
-    def __init__(self):
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
-        self.tcp.listen(8)
-        self.raw: list[tuple[str, bytes]] = []
-        self.stop = False
-        self.threads = [threading.Thread(target=t, daemon=True) for t in (self._udp_loop, self._tcp_loop)]
-        for thread in self.threads:
-            thread.start()
-
-    def _udp_loop(self):
-        self.udp.settimeout(0.2)
-        while not self.stop:
-            try:
-                data, _ = self.udp.recvfrom(65536)
-                self.raw.append(("udp", data))
-            except socket.timeout:
-                continue
-
-    def _tcp_loop(self):
-        self.tcp.settimeout(0.2)
-        while not self.stop:
-            try:
-                conn, _ = self.tcp.accept()
-            except socket.timeout:
-                continue
-            with conn:
-                chunks = []
-                while True:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                self.raw.append(("tcp", b"".join(chunks)))
-
-    def messages(self):
-        return [(proto, monitor.decode_wire(data)) for proto, data in list(self.raw)]
-
-    def close(self):
-        self.stop = True
-        for thread in self.threads:
-            thread.join(timeout=2)
-        self.udp.close()
-        self.tcp.close()
 
 
 @pytest.fixture
