@@ -68,7 +68,7 @@ class OpenNebula:
     root/vms/<vm id>/ (context.sh, token.txt)."""
 
     def __init__(self, root: Path, inventory: Path, *, state_dir: Path | None = None, version: str | None = "7.0.0",
-                 settings: str = ""):
+                 settings: str = "", kinds: str = ""):
         self.root = root
         self.remotes = root / "remotes"
         self.datastores = root / "datastores"
@@ -85,6 +85,7 @@ class OpenNebula:
             {settings}
             [kinds]
             fake = {{ vmm = "tests.fakekind:FakeDriver", im = "tests.fakekind:FakeReport" }}
+            {kinds}
             """))
 
     # -------------------------------------------------------------- OpenNebula's layout
