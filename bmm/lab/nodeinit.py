@@ -124,7 +124,10 @@ class Init:
             sh("mount", "--bind", "/usr/sbin", spec["real_sbin"])   # the wrappers' way to the real tools
         if spec.get("shims_dir"):
             sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={spec['shims_dir']}:/usr/sbin", "/usr/sbin")
-        say("Welcome to the home OS (this host's userland, private /boot)")
+        # the node's own (empty) root home: the host's dotfiles (a shell rc that blocks on a
+        # lock, a pyenv) are not the home OS's and must not run in every ssh command
+        sh("mount", "-t", "tmpfs", "-o", "mode=0700,size=1m", "tmpfs", "/root")
+        say("Welcome to the home OS (this host's userland, private /boot and /root)")
 
     # --------------------------------------------------------------- tenant
     def resolve_in_root(self, root: str, path: str, depth: int = 0) -> str | None:
