@@ -4,8 +4,10 @@
 collects every problem (file, node, field, message) so `bmm nodes validate` can name them all.
 Unknown keys are problems, never silently ignored: a typo must not turn into a default.
 
-The file format is documented in docs/inventory.md. The per-section key tables below
-(SSH_KEYS, BOOT_KEYS, STORAGE_KEYS) are the single place to extend it.
+The file format is documented in docs/inventory.md. Each section is checked by the part that
+reads it, against the settings it declares: `[power]` by its power driver, `[boot]` by its boot
+method, `[storage]` by LvmDisk, `[ssh]` by SshTransport; a kind's needs (which boot methods,
+whether [storage] and ssh are required) come from its KindSpec (bmm.kinds).
 """
 
 from __future__ import annotations
@@ -15,27 +17,21 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from bmm import settings
 from bmm.config import Config, load_config, resolve_path
 from bmm.errors import ConfigError, NotInInventory
-
-KINDS = ("localdisk", "netboot")
-BOOT_METHODS = {"localdisk": ("grub",), "netboot": ("nfsroot", "tftp2stage")}
-# Used only while bmm.power (which owns power validation) cannot be imported.
-FALLBACK_POWER_DRIVERS = ("ipmi", "pdu", "ssh", "manual")
-HOST_KEY_POLICIES = ("accept-new", "strict", "ignore")
+from bmm.kinds import BUILTIN as BUILTIN_KINDS
+from bmm.kinds import KindSpec
+from bmm.settings import Setting
 
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-LVM_NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                         r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-SECRET_MESSAGE = "secrets only by password_file (a file readable by oneadmin only, mode 0600)"
+SECRET_MESSAGE = settings.SECRET_MESSAGE
 
 
 # --------------------------------------------------------------------------- the model
@@ -195,359 +191,178 @@ def inventory_path(explicit: str | os.PathLike | None = None, *, config: Config 
 
 # --------------------------------------------------------------------------- checking
 
-class _Checker:
-    """Typed getters that record a Problem instead of raising."""
+NODE_SETTINGS: dict[str, Setting] = {
+    "kind": Setting(settings.string, "localdisk | netboot | a bmm.toml [kinds] kind", required=True),
+    "arch": Setting(settings.string, "x86_64, aarch64, tilepro64, ...", required=True),
+    "model": Setting(settings.string, "the machine model (VM templates match it)"),
+    "cpus": Setting(settings.positive_int, "cores (or threads) the instance gets", required=True),
+    "memory_mb": Setting(settings.positive_int, "memory the instance gets", required=True),
+    "disk_gb": Setting(settings.positive_int, "the instance disk space (required for localdisk)"),
+    "ip": Setting(settings.ip, "the node's address (default for ssh.address)"),
+    "macs": Setting(lambda v: None, "the NICs' MAC addresses, in NIC order"),
+    "ssh": Setting(settings.table, "how bmm reaches the node's own OS"),
+    "power": Setting(settings.table, "the power driver and its settings", required=True),
+    "boot": Setting(settings.table, "the boot method and its settings"),
+    "storage": Setting(settings.table, "where instance disks are carved from (localdisk)"),
+    "hardware": Setting(settings.table, "facts the node reports to OpenNebula"),
+}
 
-    def __init__(self, file: str, node: str | None):
-        self.file = file
-        self.node = node
-        self.problems: list[Problem] = []
+
+class _Problems:
+    """Problems of one node, as (field, message) with the file and node added."""
+
+    def __init__(self, file: str, node: str):
+        self.file, self.node = file, node
+        self.items: list[Problem] = []
 
     def add(self, field: str | None, message: str) -> None:
-        self.problems.append(Problem(self.file, self.node, field, message))
+        self.items.append(Problem(self.file, self.node, field, message))
 
-    def unknown_keys(self, table: Mapping, known: Iterator[str] | list[str], prefix: str = "") -> None:
-        known = list(known)
-        for key in table:
-            if key in known:
-                continue
-            if _is_secret_key(key):
-                continue  # reported by secrets()
-            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            if hint:
-                self.add(prefix + key, f"unknown key (did you mean {hint[0]!r}?)")
+    def extend(self, found: list[tuple[str, str]], prefix: str = "") -> None:
+        known = {p.field for p in self.items}
+        for field, message in found:
+            where = (prefix + field) if field else prefix.rstrip(".")
+            if where not in known:
+                self.add(where, message)
+
+    def fields(self) -> set[str | None]:
+        return {p.field for p in self.items}
+
+
+def _secrets(p: _Problems, table: Any, prefix: str) -> None:
+    """A secret-looking key anywhere is a problem of its own: secrets go in password_file."""
+    if isinstance(table, Mapping):
+        for key, value in table.items():
+            if settings.is_secret_key(key):
+                p.add(prefix + key, SECRET_MESSAGE)
             else:
-                self.add(prefix + key, f"unknown key (known here: {', '.join(sorted(known))})")
-
-    def secrets(self, table: Any, prefix: str) -> None:
-        if isinstance(table, Mapping):
-            for key, value in table.items():
-                if _is_secret_key(key):
-                    self.add(prefix + key, SECRET_MESSAGE)
-                else:
-                    self.secrets(value, f"{prefix}{key}.")
-        elif isinstance(table, list):
-            for i, value in enumerate(table):
-                self.secrets(value, f"{prefix[:-1]}[{i}].")
-
-    def value(self, table: Mapping, key: str, prefix: str, check: Callable[[Any], str | None],
-              *, required: bool = False, default: Any = None) -> Any:
-        if key not in table:
-            if required:
-                self.add(prefix + key, "missing (required)")
-            return default
-        value = table[key]
-        error = check(value)
-        if error:
-            self.add(prefix + key, error)
-            return default
-        return value
-
-    def table(self, table: Mapping, key: str, prefix: str, *, required: bool = False) -> Mapping | None:
-        if key not in table:
-            if required:
-                self.add(prefix + key, f"missing (required: a [{key}] table)")
-            return None
-        value = table[key]
-        if not isinstance(value, Mapping):
-            self.add(prefix + key, f"must be a table, not {_type_name(value)}")
-            return None
-        return value
+                _secrets(p, value, f"{prefix}{key}.")
+    elif isinstance(table, list):
+        for i, value in enumerate(table):
+            _secrets(p, value, f"{prefix[:-1]}[{i}].")
 
 
-def _is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return k in ("password", "passwd", "secret") or k.endswith("_password") or k.endswith("_secret")
+def _node_values(p: _Problems, raw: Mapping, kind_names: tuple[str, ...]) -> dict[str, Any]:
+    """The node's own keys, checked (a bad value is left out and reported)."""
+    found = settings.check_table(raw, NODE_SETTINGS)
+    good = {k: v for k, v in raw.items() if k in NODE_SETTINGS and not any(f == k for f, _ in found)}
+    for field, message in found:
+        if message == "is required":
+            message = "missing (required)" if field != "macs" else message
+        p.add(field, message)
+    kind = raw.get("kind")
+    if isinstance(kind, str) and kind.strip() and kind not in kind_names:
+        p.add("kind", f"{kind!r} is not one of: {', '.join(kind_names)} (other kinds are added in bmm.toml [kinds])")
+        good.pop("kind", None)
+    return good
 
 
-def _type_name(value: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_string(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, not {_type_name(value)}"
-    if not value.strip():
-        return "must not be empty"
-    return None
-
-
-def check_positive_int(value: Any) -> str | None:
-    if not _is_int(value):
-        return f"must be a positive integer, not {_type_name(value)}"
-    if value <= 0:
-        return f"must be a positive integer, not {value}"
-    return None
-
-
-def check_port(value: Any) -> str | None:
-    if not _is_int(value) or not 1 <= value <= 65535:
-        return f"must be a TCP port (1-65535), not {value!r}"
-    return None
-
-
-def check_positive_number(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        return f"must be a positive number, not {value!r}"
-    return None
-
-
-def check_abs_path(value: Any) -> str | None:
-    error = check_string(value)
-    if error:
-        return error
-    if not value.startswith("/"):
-        return f"must be an absolute path, not {value!r}"
-    return None
-
-
-def check_ip(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be an IP address string, not {_type_name(value)}"
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return f"{value!r} is not an IP address"
-    return None
-
-
-def check_host(value: Any) -> str | None:
-    """An IP address or a DNS name."""
-    if not isinstance(value, str):
-        return f"must be a host name or IP address, not {_type_name(value)}"
-    try:
-        ipaddress.ip_address(value)
-        return None
-    except ValueError:
-        pass
-    if not HOSTNAME_RE.match(value) or value.replace(".", "").isdigit():
-        return f"{value!r} is neither an IP address nor a host name"
-    return None
-
-
-def check_mac(value: Any) -> str | None:
-    if not isinstance(value, str) or not MAC_RE.match(value):
-        return f"{value!r} is not a MAC address (six hex pairs separated by ':')"
-    return None
-
-
-def check_choice(*choices: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value not in choices:
-            return f"{value!r} is not one of: {', '.join(choices)}"
-        return None
-    return check
-
-
-def check_lvm_name(value: Any) -> str | None:
-    error = check_string(value)
-    if error:
-        return error
-    if not LVM_NAME_RE.match(value) or value in (".", ".."):
-        return f"{value!r} is not a valid LVM name (letters, digits, + _ . -)"
-    return None
-
-
-def check_board(value: Any) -> str | None:
-    if _is_int(value) and value >= 0:
-        return None
-    if isinstance(value, str) and re.match(r"^[A-Za-z0-9_-]+$", value):
-        return None
-    return f"must be a board id (a non-negative integer or letters/digits), not {value!r}"
-
-
-SSH_KEYS: dict[str, Callable[[Any], str | None]] = {
-    "address": check_host,
-    "port": check_port,
-    "user": check_string,
-    "key": check_abs_path,
-    "known_hosts": check_abs_path,
-    "host_key_policy": check_choice(*HOST_KEY_POLICIES),
-    "connect_timeout_s": check_positive_number,
-}
-
-# Keys each boot method accepts besides `method`. The boot package reads them.
-BOOT_KEYS: dict[str, dict[str, Callable[[Any], str | None]]] = {
-    "grub": {
-        "boot_dir": check_abs_path,       # the node's boot directory (holds grub/grubenv)
-        "home_entry": check_string,       # id or title of the home OS menu entry
-    },
-    "nfsroot": {
-        "tftp_root": check_abs_path,      # where the kernels live on the proxy
-        "nfs_root": check_abs_path,       # parent of fs_<board>
-        "nfs_server": check_host,         # address the board mounts its root from
-        "tile_monitor": check_abs_path,   # path of tile-monitor on the proxy
-        "board": check_board,             # board id in file names (fs_<board>); default: name
-    },
-    "tftp2stage": {
-        "tftp_root": check_abs_path,
-        "tile_monitor": check_abs_path,
-        "board": check_board,             # vmlinux_<board>_1, vmlinux_<board>_2
-        "rootfs_device": check_abs_path,  # where stage 1 unpacks the root fs (/dev/sda1)
-    },
-}
-
-STORAGE_KEYS: dict[str, Callable[[Any], str | None]] = {
-    "vg": check_lvm_name,                 # the volume group instance disks are carved from
-    "lv_prefix": check_lvm_name,          # logical volume name prefix
-}
-
-NODE_KEYS = ("kind", "arch", "model", "cpus", "memory_mb", "disk_gb", "macs", "ip",
-             "ssh", "power", "boot", "storage", "hardware")
-
-
-def _power_validator() -> Callable[[dict], list[tuple[str, str]]] | None:
-    """bmm.power.validate_settings when the power package provides it."""
-    try:
-        from bmm.power import validate_settings  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("bmm.power",):
-            raise
-        return None
-    except ImportError:
-        return None
-    return validate_settings
-
-
-def _check_power(c: _Checker, power: Mapping) -> PowerSettings | None:
-    prefix = "power."
-    validator = _power_validator()
-    driver = power.get("driver")
-    if validator is None:
-        driver = c.value(power, "driver", prefix, check_choice(*FALLBACK_POWER_DRIVERS), required=True)
-    else:
-        if "driver" not in power:
-            c.add(prefix + "driver", "missing (required)")
-        already = {p.field for p in c.problems}
-        try:
-            found = validator(thaw(power))
-        except Exception as exc:  # a validator bug must not hide the rest of the report
-            found = [("driver", f"power settings could not be checked ({type(exc).__name__}: {exc})")]
-        for where, message in found or []:
-            where = str(where or "")
-            if not where.startswith("power"):
-                where = prefix + where if where else "power"
-            if where in already:
-                continue  # already reported (a secret key, a missing driver)
-            c.add(where, str(message))
-    if not isinstance(driver, str):
-        return None
-    return PowerSettings(driver=driver, settings=_freeze(dict(power)))
-
-
-def _check_node(file: str, name: str, raw: Any,
-                extra_kinds: tuple[str, ...] = ()) -> tuple[Node | None, list[Problem]]:
-    c = _Checker(file, name)
-    if not NODE_NAME_RE.match(name):
-        c.add(None, "node name must be an OpenNebula host name (letters, digits, . _ -)")
-    if not isinstance(raw, Mapping):
-        c.add(None, f"must be a table ([nodes.{name}]), not {_type_name(raw)}")
-        return None, c.problems
-
-    c.unknown_keys(raw, NODE_KEYS)
-    c.secrets(raw, "")
-
-    kinds = (*KINDS, *[k for k in extra_kinds if k not in KINDS])
-    kind = c.value(raw, "kind", "", check_choice(*kinds), required=True)
-    if "kind" in raw and kind is None and isinstance(raw["kind"], str):
-        c.problems[-1] = Problem(file, name, "kind", f"{raw['kind']!r} is not one of: {', '.join(kinds)} "
-                                                     "(other kinds are added in bmm.toml [kinds])")
-    builtin = kind in KINDS
-    arch = c.value(raw, "arch", "", check_string, required=True)
-    model = c.value(raw, "model", "", check_string)
-    cpus = c.value(raw, "cpus", "", check_positive_int, required=True)
-    memory_mb = c.value(raw, "memory_mb", "", check_positive_int, required=True)
-    disk_gb = c.value(raw, "disk_gb", "", check_positive_int, required=(kind == "localdisk"))
-    ip = c.value(raw, "ip", "", check_ip)
-
+def _macs(p: _Problems, raw: Mapping) -> list[str]:
     macs: list[str] = []
     raw_macs = raw.get("macs")
     if raw_macs is None:
-        c.add("macs", "missing (required: the NICs' MAC addresses, in NIC order)")
+        p.add("macs", "missing (required: the NICs' MAC addresses, in NIC order)")
     elif not isinstance(raw_macs, list) or not raw_macs:
-        c.add("macs", "must be a non-empty array of MAC addresses")
+        p.add("macs", "must be a non-empty array of MAC addresses")
     else:
         for i, mac in enumerate(raw_macs):
-            error = check_mac(mac)
+            error = settings.mac(mac)
             if error:
-                c.add(f"macs[{i}]", error)
+                p.add(f"macs[{i}]", error)
             elif mac.lower() in macs:
-                c.add(f"macs[{i}]", f"{mac} is listed twice")
+                p.add(f"macs[{i}]", f"{mac} is listed twice")
             else:
                 macs.append(mac.lower())
+    return macs
 
-    # ssh
-    ssh_raw = c.table(raw, "ssh", "") or {}
-    c.unknown_keys(ssh_raw, SSH_KEYS, "ssh.")
-    ssh_values = {key: c.value(ssh_raw, key, "ssh.", check) for key, check in SSH_KEYS.items()}
-    address = ssh_values["address"] or ip
-    if kind == "localdisk" and not address and "address" not in ssh_raw:
-        c.add("ssh.address", "missing: a localdisk node needs ssh.address or ip (bmm drives its home OS over ssh)")
-    ssh = SshSettings(
-        address=address,
-        port=ssh_values["port"] or 22,
-        user=ssh_values["user"] or "root",
-        key=ssh_values["key"],
-        known_hosts=ssh_values["known_hosts"],
-        host_key_policy=ssh_values["host_key_policy"] or "accept-new",
-        connect_timeout_s=float(ssh_values["connect_timeout_s"] or 10.0),
-    )
 
-    # power
-    power = None
-    power_raw = c.table(raw, "power", "", required=True)
-    if power_raw is not None:
-        power = _check_power(c, power_raw)
+def _ssh(p: _Problems, table: Mapping, ip: str | None, spec: KindSpec | None) -> SshSettings:
+    from bmm.transport.ssh import SshTransport
 
-    # boot
-    boot = None
-    boot_raw = c.table(raw, "boot", "", required=builtin)
-    if boot_raw is not None:
-        allowed_methods = BOOT_METHODS.get(kind, tuple(BOOT_KEYS)) if kind else tuple(BOOT_KEYS)
-        method = boot_raw.get("method")
-        if method is None:
-            c.add("boot.method", f"missing (required: {' | '.join(allowed_methods)})")
-        elif method not in BOOT_KEYS:
-            c.add("boot.method", f"{method!r} is not one of: {', '.join(BOOT_KEYS)}")
-            method = None
-        elif kind and method not in allowed_methods:
-            c.add("boot.method", f"{method!r} does not fit kind {kind!r} "
-                                 f"({kind} boots by {' | '.join(allowed_methods)})")
-        if method in BOOT_KEYS:
-            keys = BOOT_KEYS[method]
-            c.unknown_keys(boot_raw, ["method", *keys], "boot.")
-            for key, check in keys.items():
-                c.value(boot_raw, key, "boot.", check)
-            boot = BootSettings(method=method, settings=_freeze(dict(boot_raw)))
+    found = SshTransport.validate(table)
+    p.extend(found, "ssh.")
+    bad = {field for field, _ in found}
+    v = {k: table[k] for k in SshTransport.SETTINGS if k in table and k not in bad}
+    address = v.get("address") or ip
+    if spec is not None and spec.ssh == "required" and not address and "address" not in table:
+        p.add("ssh.address", f"missing: a {spec.name} node needs ssh.address or ip (bmm drives its OS over ssh)")
+    return SshSettings(address=address, port=v.get("port", 22), user=v.get("user", "root"), key=v.get("key"),
+                       known_hosts=v.get("known_hosts"), host_key_policy=v.get("host_key_policy", "accept-new"),
+                       connect_timeout_s=float(v.get("connect_timeout_s", 10.0)))
 
-    # storage
-    storage_raw = c.table(raw, "storage", "")
-    if storage_raw is not None and kind == "netboot":
-        c.add("storage", "netboot nodes have no [storage] table (their root is served by the proxy)")
-        storage_raw = None
+
+def _power(p: _Problems, table: Mapping) -> PowerSettings | None:
+    from bmm.power import validate_settings
+
+    if "driver" not in table:
+        p.add("power.driver", "missing (required)")
+    p.extend(validate_settings(thaw(table)), "power.")
+    driver = table.get("driver")
+    return PowerSettings(driver=driver, settings=_freeze(dict(table))) if isinstance(driver, str) else None
+
+
+def _boot(p: _Problems, table: Mapping, spec: KindSpec | None) -> BootSettings | None:
+    from bmm.boot import BOOT_METHODS, boot_class
+
+    allowed = (spec.boot if spec is not None and spec.boot else tuple(BOOT_METHODS))
+    method = table.get("method")
+    if method is None:
+        p.add("boot.method", f"missing (required: {' | '.join(allowed)})")
+        return None
+    if method not in BOOT_METHODS:
+        p.add("boot.method", f"{method!r} is not one of: {', '.join(BOOT_METHODS)}")
+        return None
+    if spec is not None and spec.boot and method not in spec.boot:
+        p.add("boot.method", f"{method!r} does not fit kind {spec.name!r} ({spec.name} boots by {' | '.join(spec.boot)})")
+    p.extend(boot_class(method).validate(table), "boot.")
+    return BootSettings(method=method, settings=_freeze(dict(table)))
+
+
+def _storage(p: _Problems, table: Mapping | None, spec: KindSpec | None) -> StorageSettings:
+    from bmm.storage.lvm import LvmDisk
+
+    if table is not None and spec is not None and spec.storage == "forbidden":
+        p.add("storage", f"{spec.name} nodes have no [storage] table (their root is served by the proxy)")
+        table = None
     vg = None
-    if storage_raw is not None:
-        c.unknown_keys(storage_raw, STORAGE_KEYS, "storage.")
-        for key, check in STORAGE_KEYS.items():
-            value = c.value(storage_raw, key, "storage.", check)
-            if key == "vg":
-                vg = value
-    if kind == "localdisk" and "vg" not in (storage_raw or {}):
-        c.add("storage.vg", "missing: a localdisk node needs the LVM volume group for instance disks")
-    storage = StorageSettings(vg=vg, settings=_freeze(dict(storage_raw or {})))
+    if table is not None:
+        found = LvmDisk.validate(table)
+        p.extend(found, "storage.")
+        vg = table.get("vg") if "vg" not in {f for f, _ in found} else None
+    if spec is not None and spec.storage == "required" and "vg" not in (table or {}):
+        p.add("storage.vg", f"missing: a {spec.name} node needs the LVM volume group for instance disks")
+    return StorageSettings(vg=vg, settings=_freeze(dict(table or {})))
 
-    hardware_raw = c.table(raw, "hardware", "") or {}
 
-    if c.problems or None in (kind, arch, cpus, memory_mb, power) or (builtin and boot is None):
-        return None, c.problems
-    return Node(name=name, kind=kind, arch=arch, model=model, cpus=cpus, memory_mb=memory_mb,
-                disk_gb=disk_gb, macs=tuple(macs), ip=ip, ssh=ssh, power=power, boot=boot,
-                storage=storage, hardware=_freeze(dict(hardware_raw))), []
+def _check_node(file: str, name: str, raw: Any, kind_specs: Mapping[str, KindSpec]) -> tuple[Node | None, list[Problem]]:
+    """One node's table, each part's table checked by that part's own declaration."""
+    p = _Problems(file, name)
+    if not NODE_NAME_RE.match(name):
+        p.add(None, "node name must be an OpenNebula host name (letters, digits, . _ -)")
+    if not isinstance(raw, Mapping):
+        p.add(None, f"must be a table ([nodes.{name}]), not {settings.type_name(raw)}")
+        return None, p.items
+    _secrets(p, raw, "")
+    v = _node_values(p, raw, tuple(kind_specs))
+    spec = kind_specs.get(v.get("kind"))
+    builtin = spec is not None and spec.name in BUILTIN_KINDS
+    if spec is not None and spec.disk and "disk_gb" not in raw:
+        p.add("disk_gb", "missing (required)")
+    macs = _macs(p, raw)
+    table = lambda key: raw[key] if isinstance(raw.get(key), Mapping) else None  # noqa: E731
+    ssh = _ssh(p, table("ssh") or {}, v.get("ip"), spec)
+    power = _power(p, table("power")) if table("power") is not None else None
+    boot = None
+    if table("boot") is not None:
+        boot = _boot(p, table("boot"), spec)
+    elif builtin:
+        p.add("boot", "missing (required: a [boot] table)")
+    storage = _storage(p, table("storage"), spec)
+    if p.items or power is None or spec is None or None in (v.get("arch"), v.get("cpus"), v.get("memory_mb")):
+        return None, p.items
+    return Node(name=name, kind=spec.name, arch=v["arch"], model=v.get("model"), cpus=v["cpus"],
+                memory_mb=v["memory_mb"], disk_gb=v.get("disk_gb"), macs=tuple(macs), ip=v.get("ip"), ssh=ssh,
+                power=power, boot=boot, storage=storage, hardware=_freeze(dict(table("hardware") or {}))), []
 
 
 def check_inventory_data(data: Mapping, file: str,
@@ -567,9 +382,11 @@ def check_inventory_data(data: Mapping, file: str,
         problems.append(Problem(file, None, "nodes", "must be a table of [nodes.<name>] tables"))
         return {}, problems
 
+    kind_specs = dict(BUILTIN_KINDS)
+    kind_specs.update({name: KindSpec(name, "") for name in extra_kinds if name not in BUILTIN_KINDS})
     nodes: dict[str, Node] = {}
     for name, raw in nodes_raw.items():
-        node, node_problems = _check_node(file, name, raw, tuple(extra_kinds))
+        node, node_problems = _check_node(file, name, raw, kind_specs)
         problems.extend(node_problems)
         if node is not None:
             nodes[name] = node
@@ -582,12 +399,12 @@ def check_inventory_data(data: Mapping, file: str,
             continue
         raw_macs = raw.get("macs") if isinstance(raw.get("macs"), list) else []
         for i, mac in enumerate(raw_macs):
-            if isinstance(mac, str) and MAC_RE.match(mac):
+            if isinstance(mac, str) and settings.MAC_RE.match(mac):
                 other = seen_mac.setdefault(mac.lower(), name)
                 if other != name:
                     problems.append(Problem(file, name, f"macs[{i}]", f"{mac} is also the MAC of node {other}"))
         ip = raw.get("ip")
-        if isinstance(ip, str) and check_ip(ip) is None:
+        if isinstance(ip, str) and settings.ip(ip) is None:
             other = seen_ip.setdefault(str(ipaddress.ip_address(ip)), name)
             if other != name:
                 problems.append(Problem(file, name, "ip", f"{ip} is also the IP of node {other}"))

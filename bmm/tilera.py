@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bmm.inventory import MAC_RE
+from bmm.settings import MAC_RE
 
 FIELDS_WITH_IP = ("board_id", "ip", "mac", "vcpus", "memory_mb", "local_gb", "memory_mb_used",
                   "local_gb_used", "hv_type", "hv_ver", "cpu_info")

@@ -32,10 +32,12 @@ def _fact_key(key: str) -> str:
 class HostReport:
     """Generic report for any kind; kinds override what they know better."""
 
-    def __init__(self, node, config, state_store=None):
+    def __init__(self, node, config, state_store=None, *, kind=None):
         self.node = node
         self.config = config
         self.state_store = state_store
+        if kind is not None:
+            self.kind = kind
 
     def system_host(self) -> list[tuple[str, Any]]:
         n = self.node
@@ -75,9 +77,9 @@ class HostReport:
     def kind(self):
         """The node's machine kind, which owns what its instance is doing."""
         from bmm.opennebula.reply import Reporter
-        from vmm_drivers.registry import driver_class
+        from bmm.kinds import kind_class
 
-        return driver_class(self.node.kind, self.config, node_name=self.node.name)(
+        return kind_class(self.node.kind, self.config, node_name=self.node.name)(
             self.node, self.config, Reporter(live=False))
 
     def record(self):

@@ -11,7 +11,7 @@ from pathlib import Path
 from bmm.errors import BmmError
 from bmm.state import ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, OFF, PROVISIONED, REBOOTING, STOPPING
 from im_drivers.report import HostReport, VmReport
-from vmm_drivers.base import MachineDriver
+from vmm_drivers.base import Kind
 
 
 def machine_file(config, node_name: str) -> Path:
@@ -29,7 +29,7 @@ def write_machine(config, node_name: str, data: dict) -> None:
     machine_file(config, node_name).write_text(json.dumps(data))
 
 
-class FakeDriver(MachineDriver):
+class FakeDriver(Kind):
     kind = "fake"
 
     def _update(self, call, **changes):

@@ -190,7 +190,7 @@ class Step:
     """One action on one node, under the node's lock: the record it started from, and the
     state changes it makes. If the action fails, `settle` moves the node to a stable state."""
 
-    def __init__(self, kind: "MachineDriver", action: str, call, record: NodeRecord):
+    def __init__(self, kind: "Kind", action: str, call, record: NodeRecord):
         self.kind = kind
         self.action = action
         self.call = call
@@ -242,7 +242,7 @@ def describe(exc: BaseException) -> str:
     return getattr(exc, "reason", None) or str(exc) or type(exc).__name__
 
 
-class MachineDriver:
+class Kind:
     """A machine kind. Every action is refused until a kind says what it means.
 
     Entry points call `perform(action, call)`. For every action in ACCESS it takes the node's

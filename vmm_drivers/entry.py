@@ -24,7 +24,7 @@ from bmm.opennebula.reply import Reporter, opennebula_major, print_deploy_id, ru
 from bmm.opennebula.vm import parse_driver_action
 from bmm.context import check_context_files, read_context_sh
 from vmm_drivers.base import TM_ACTION_NAMES, TM_ACTIONS, VMM_ACTIONS, TmCall, VmmCall, not_supported
-from vmm_drivers.registry import driver_class
+from bmm.kinds import kind_class
 
 # Actions a bare-metal machine cannot honour: refused before anything else is read.
 VMM_UNSUPPORTED = frozenset({
@@ -98,10 +98,10 @@ def vmm_main(action: str, script: str) -> None:
             raise InputError(f"argv names host {host} but the XML names another host")
         config = _config(script, rep)
         node = node_for_host(config, host)
-        driver = driver_class(node.kind, config, node_name=host)(node, config, rep)
+        kind = kind_class(node.kind, config, node_name=host)(node, config, rep)
         call = VmmCall(action=action, argv=sys.argv[1:], vm_id=vm_id, host=host,
                        deploy_id=drv.deploy_id, drv_action=drv, extra=args)
-        result = driver.perform(action, call)
+        result = kind.perform(action, call)
         if action == "deploy":
             print_deploy_id(result)
         elif action == "poll":
@@ -201,7 +201,7 @@ def tm_main(action: str, script: str) -> None:
         if action == "mv" and call.src_host != call.host:
             raise not_supported("undeploy and cold migration (mv)")
         node = node_for_host(config, call.host)
-        driver = driver_class(node.kind, config, node_name=call.host)(node, config, rep)
-        driver.perform("tm_" + action, call)
+        kind = kind_class(node.kind, config, node_name=call.host)(node, config, rep)
+        kind.perform("tm_" + action, call)
 
     run_guarded(body, opennebula_major=opennebula_major(remotes))

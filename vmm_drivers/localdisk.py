@@ -1,5 +1,6 @@
 """Local-disk servers (the Convey shape): the instance's image lives in an LVM logical volume on
-the node's own disk, and GRUB2 boots it.
+the node's own disk, and GRUB2 boots it. The kind is GrubBoot + LvmDisk + SshTransport + any
+power driver (its parts); this module says what OpenNebula's actions mean in terms of them.
 
 Boot design: the node's management ("home") OS stays GRUB's saved_entry. The instance boots
 through next_entry (one-shot, grub-reboot), so every way back to the home OS needs only power
@@ -18,27 +19,28 @@ Disk life cycle (TM), per OpenNebula's sequencing (protocol §8.4):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from bmm.boot import grub
+from bmm.boot.grub import GrubBoot, TenantEntry, tenant_entry_id
 from bmm.context import build_context_iso, write_context_lv
 from bmm.errors import AuthError, BmmError, InputError, Refused, TimeoutExpired, TransientError
 from bmm.power import PowerState, power_for
 from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, OFF, PROVISIONED, REBOOTING,
                        STOPPING)
-from bmm.storage import lvm
 from bmm.storage.adapt import adapt_root
+from bmm.storage.lvm import LvmDisk
 from bmm.storage.image import inspect_image, probe_layout
 from bmm.storage.stream import copy_image_to_lv
-from bmm.transport.ssh import SshSession, SshTarget, host_key, reachable, session_host_key
-from vmm_drivers.base import InstanceState, MachineDriver, Step, TmCall, VmmCall, describe, not_supported
+from bmm.transport.ssh import SshSession, SshTransport
+from vmm_drivers.base import InstanceState, Kind, Step, TmCall, VmmCall, describe, not_supported
 from vmm_drivers.rearm import start_rearm
 
 log = logging.getLogger("bmm.localdisk")
@@ -58,23 +60,49 @@ def context_lv(vm_id: int) -> str:
     return f"vm{vm_id}-context"
 
 
-def entry_id(vm_id: int) -> str:
-    return f"bmm-vm{vm_id}"
+@dataclass
+class Parts:
+    """What a local-disk server is made of. Tests give a kind fakes of each."""
+
+    power: Any
+    boot: GrubBoot
+    disk: LvmDisk
+    transport: SshTransport
+
+    @classmethod
+    def of(cls, node) -> "Parts":
+        """The parts the node's (already validated) inventory table describes."""
+        return cls(power=power_for(node), boot=GrubBoot(node.name, node.boot.settings),
+                   disk=LvmDisk(node.name, node.storage.settings),
+                   transport=SshTransport(node.ssh.target(node.name)))
 
 
-class LocalDiskDriver(MachineDriver):
+class LocalDiskKind(Kind):
     kind = "localdisk"
 
-    def __init__(self, node, config, reporter):
+    def __init__(self, node, config, reporter, *, parts: Parts | None = None):
         super().__init__(node, config, reporter)
-        self.vg = node.storage.vg
-        self.boot_dir = node.boot.get("boot_dir", "/boot")
-        self.home = node.boot.get("home_entry", "home")
-        self.target: SshTarget = node.ssh.target(node.name)
+        self._parts = parts
 
     @cached_property
+    def parts(self) -> Parts:
+        return self._parts or Parts.of(self.node)
+
+    @property
     def power(self):
-        return power_for(self.node)
+        return self.parts.power
+
+    @property
+    def boot(self) -> GrubBoot:
+        return self.parts.boot
+
+    @property
+    def disk(self) -> LvmDisk:
+        return self.parts.disk
+
+    @property
+    def vg(self) -> str:
+        return self.disk.vg
 
     # ---------------------------------------------------------------- bookkeeping
     # What bmm put on the node for a VM, kept on the front-end: the LVs it created (name ->
@@ -126,21 +154,19 @@ class LocalDiskDriver(MachineDriver):
     def _probe(self) -> tuple[str, SshSession | None]:
         """'home' (with a session), 'other' (something that is not the home OS answers, e.g.
         the instance), or 'down'."""
-        target = dataclasses.replace(self.target, connect_timeout=PROBE_TIMEOUT)
-        session = SshSession(target)
+        transport = self.parts.transport
         try:
-            session.connect()
+            session = transport.session(connect_timeout=PROBE_TIMEOUT)
         except AuthError:
             return "other", None        # an OS that refuses bmm's key is not the home OS
         except TransientError:
-            return ("other" if reachable(target, PROBE_TIMEOUT) else "down"), None
+            return ("other" if transport.reachable(PROBE_TIMEOUT) else "down"), None
         try:
-            vgs = session.run(["vgs", "--noheadings", "-o", "vg_name", self.vg], timeout=30, check=False)
-            env = session.run(["test", "-f", grub.env_path(self.boot_dir)], timeout=10, check=False)
+            home = self.disk.present(session) and self.boot.present(session)
         except BmmError:
             session.close()
             return "down", None
-        if vgs.returncode == 0 and env.returncode == 0:
+        if home:
             return "home", session
         session.close()
         return "other", None
@@ -190,7 +216,7 @@ class LocalDiskDriver(MachineDriver):
             if kind == "down":
                 seen_down = True
             elif kind == "home" and (seen_down or time.monotonic() - start > GRACE_AFTER_RESET_S):
-                raise BmmError(f"booted its home OS instead of VM {vm_id} (GRUB entry {entry_id(vm_id)} "
+                raise BmmError(f"booted its home OS instead of VM {vm_id} (GRUB entry {tenant_entry_id(vm_id)} "
                                "did not boot; see the node's console)", node=self.name)
             time.sleep(1.0)
         raise TimeoutExpired(f"VM {vm_id} did not come up within {wait_s:g} s", node=self.name)
@@ -198,16 +224,14 @@ class LocalDiskDriver(MachineDriver):
     def _arm_and_boot(self, session: SshSession, vm_id: int, meta: dict) -> None:
         """meta: the VM's boot record (_boot_meta)."""
         lv = meta["lv"]
-        if not lvm.lv_exists(session, self.vg, lv):
+        if not self.disk.exists(session, lv):
             raise BmmError(f"VM {vm_id}'s disk {self.vg}/{lv} is missing", node=self.name)
-        grub.write_tenant_entry(session, self.boot_dir, entry_id(vm_id), f"bmm vm {vm_id}", self.vg, lv,
-                                meta["kernel"], meta["initrd"], meta.get("cmdline", "ro"),
-                                fstype=meta.get("fstype", "ext4"))
-        grub.ensure_saved_entry(session, self.boot_dir, self.home)
-        grub.set_next_entry(session, self.boot_dir, entry_id(vm_id))
+        entry = TenantEntry(tenant_entry_id(vm_id), f"bmm vm {vm_id}", self.disk.mapper_name(lv), meta["kernel"],
+                            meta["initrd"], meta.get("cmdline", "ro"), meta.get("fstype", "ext4"))
+        self.boot.arm(session, vm_id, entry)
         session.run(["sync"], timeout=120)
         session.close()
-        self.reporter.info(f"rebooting {self.name} into VM {vm_id} (next_entry {entry_id(vm_id)})")
+        self.reporter.info(f"rebooting {self.name} into VM {vm_id} (next_entry {entry.entry_id})")
         self.power.reset()
 
     def _boot_instance(self, vm_id: int, meta: dict) -> None:
@@ -271,7 +295,7 @@ class LocalDiskDriver(MachineDriver):
         return Path(self.config.state_db).parent / "hostkeys" / f"{self.name}.pub"
 
     def _remember_home_key(self, session: SshSession) -> None:
-        key = session_host_key(session)
+        key = session.host_key()
         path = self._home_key_path()
         if key and (not path.exists() or path.read_text().strip() != key):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +307,7 @@ class LocalDiskDriver(MachineDriver):
         The host key (a key exchange, no login) tells most cases at once: a tenant image has
         keys of its own. When the key is the home OS's (or none is known yet), only a login
         with bmm's key that finds the node's VG and grubenv proves it is the home OS."""
-        key = host_key(dataclasses.replace(self.target, connect_timeout=PROBE_TIMEOUT), PROBE_TIMEOUT)
+        key = self.parts.transport.host_key(PROBE_TIMEOUT)
         if key is None:
             return None
         try:
@@ -350,10 +374,10 @@ class LocalDiskDriver(MachineDriver):
             # usable again (available) when nothing of the VM is left, else error.
             lv = disk_lv(step.vm_id, step.call.disk_id)
             with self.home_os(wait_s=120) as session:
-                if lvm.lv_exists(session, self.vg, lv):
+                if self.disk.exists(session, lv):
                     self.reporter.info(f"removing the partial {self.vg}/{lv}")
                     self._wipe(session, [lv])
-                left = lvm.list_lvs(session, self.vg, prefix=f"vm{step.vm_id}-")
+                left = self.disk.names(session, f"vm{step.vm_id}-")
             if not left and step.start.state == AVAILABLE:
                 return (CLEANING, AVAILABLE), reason + "; nothing of it is left on the node"
         elif step.action == "shutdown" and step.start.state == ACTIVE and self.power.status() == "on":
@@ -371,18 +395,17 @@ class LocalDiskDriver(MachineDriver):
         step.go(DEPLOYING, reason=f"clone disk {disk} of VM {vm}")
         session = self.home_os()
         with session:
-            if lvm.lv_exists(session, self.vg, lv):
+            if self.disk.exists(session, lv):
                 self.reporter.info(f"removing a stale {self.vg}/{lv} left by an earlier attempt")
-                lvm.wipe_lv(session, self.vg, lv)
-                lvm.remove_lv(session, self.vg, lv)
+                self.disk.wipe_and_remove(session, lv)
             boot_disk = disk == 0
             size = layout.root_size if boot_disk else info.virtual_size
             offset = layout.root_offset if boot_disk else 0
-            created = lvm.create_lv(session, self.vg, lv, size, tags=("bmm", f"bmm_vm_{vm}"))
+            created = self.disk.create(session, lv, size, tags=("bmm", f"bmm_vm_{vm}"))
             self._note_lv(vm, lv, created.size)
             self.reporter.info(f"copying image {call.src_path.rsplit('/', 1)[-1]} ({size // 2**20} MiB) "
                                f"to {self.vg}/{lv}")
-            with lvm.open_lv(session, self.vg, lv) as dev:
+            with self.disk.open(session, lv) as dev:
                 copy_image_to_lv(session, call.src_path, info.format, dev, created.size,
                                  offset=offset, length=size, info=info, timeout=COPY_TIMEOUT,
                                  progress=lambda d, t: self.reporter.progress(f"disk {disk}", d, t))
@@ -430,10 +453,10 @@ class LocalDiskDriver(MachineDriver):
         lv = disk_lv(vm, disk)
         step.go(DEPLOYING, reason=f"volatile disk {disk} of VM {vm}")
         with self.home_os() as session:
-            created = lvm.create_lv(session, self.vg, lv, call.size_mb * 2**20, tags=("bmm", f"bmm_vm_{vm}"))
+            created = self.disk.create(session, lv, call.size_mb * 2**20, tags=("bmm", f"bmm_vm_{vm}"))
             self._note_lv(vm, lv, created.size)
             if swap:
-                with lvm.open_lv(session, self.vg, lv) as dev:
+                with self.disk.open(session, lv) as dev:
                     session.run(["mkswap", "-L", f"swap-vm{vm}", dev], timeout=120)
         step.go(PROVISIONED, reason=f"volatile disk {disk} of VM {vm} is on the node")
 
@@ -456,18 +479,16 @@ class LocalDiskDriver(MachineDriver):
             return
         step.go(DELETING, reason=f"delete VM {vm}")
         with self.home_os() as session:
-            self._wipe(session, [lv.name for lv in lvm.list_lvs(session, self.vg, prefix=f"vm{vm}-")])
-            grub.remove_tenant_entry(session, self.boot_dir, entry_id(vm))
-            grub.ensure_saved_entry(session, self.boot_dir, self.home)
+            self._wipe(session, self.disk.names(session, f"vm{vm}-"))
+            self.boot.disarm(session, vm)
         self._meta_path(vm).unlink(missing_ok=True)
         step.go(CLEANING, AVAILABLE, reason=f"VM {vm} wiped and deleted")
 
     def _wipe(self, session: SshSession, names: list[str]) -> None:
         for name in names:
-            if lvm.lv_exists(session, self.vg, name):
+            if self.disk.exists(session, name):
                 self.reporter.info(f"wiping {self.vg}/{name}")
-                lvm.wipe_lv(session, self.vg, name)
-                lvm.remove_lv(session, self.vg, name)
+                self.disk.wipe_and_remove(session, name)
 
     def tm_mv(self, call: TmCall) -> None:
         raise not_supported("undeploy and cold migration (mv)")

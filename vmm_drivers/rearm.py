@@ -38,7 +38,7 @@ def start_rearm(config, node: str, vm_id: int) -> None:
 
 def main(argv: list[str]) -> int:
     from vmm_drivers.base import VmmCall
-    from vmm_drivers.registry import driver_class
+    from bmm.kinds import kind_class
 
     if len(argv) != 3:
         print("usage: python -m vmm_drivers.rearm CONFIG NODE VM", file=sys.stderr)
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         node = node_for_host(config, node_name)
-        driver = driver_class(node.kind, config, node_name=node_name)(node, config, reporter)
+        driver = kind_class(node.kind, config, node_name=node_name)(node, config, reporter)
         driver.perform("rearm", VmmCall(action="rearm", argv=[], vm_id=vm_id, host=node_name))
 
     failed: list[str] = []

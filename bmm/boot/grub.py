@@ -12,10 +12,15 @@ from __future__ import annotations
 import re
 import shlex
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from bmm import settings
+from bmm.boot.base import Boot
 from bmm.errors import BmmError, ConfigError
-from bmm.storage.lvm import check_name, executor_node, mapper_name
+from bmm.settings import Setting
+from bmm.transport import executor_node
 
 TIMEOUT = 60
 MARKER = "# bmm-managed custom.cfg"
@@ -25,6 +30,7 @@ HEADER = (f"{MARKER}: written by bmm (OpenNebula bare-metal driver). Do not edit
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PATH = re.compile(r"^/[A-Za-z0-9._+~/-]+$")
 _ARG = re.compile(r"^[A-Za-z0-9._,:=/@+%-]+$")
+_DM = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,254}$")
 FS_MODULES = {"ext2": "ext2", "ext3": "ext2", "ext4": "ext2", "xfs": "xfs", "btrfs": "btrfs"}
 
 
@@ -44,15 +50,29 @@ def quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def format_tenant_entry(entry_id: str, title: str, vg: str, lv: str, kernel: str, initrd: str,
-                        cmdline: str = "", *, fstype: str = "ext4") -> str:
+@dataclass(frozen=True)
+class TenantEntry:
+    """A tenant's boot entry: its root is a device-mapper device (an LV, by its mapper name)."""
+
+    entry_id: str
+    title: str
+    root_dm: str
+    kernel: str
+    initrd: str
+    cmdline: str = ""
+    fstype: str = "ext4"
+
+
+def format_tenant_entry(entry: TenantEntry) -> str:
     """One bmm menu entry (with BEGIN/END comment lines bmm uses to find it again)."""
+    entry_id, title, dm = entry.entry_id, entry.title, entry.root_dm
+    kernel, initrd, cmdline, fstype = entry.kernel, entry.initrd, entry.cmdline, entry.fstype
     if not _ID.match(entry_id):
         raise ConfigError(f"invalid GRUB entry id {entry_id!r}")
     if not title or any(ord(c) < 32 for c in title):
         raise ConfigError(f"invalid GRUB entry title {title!r}")
-    check_name("VG", vg)
-    check_name("LV", lv)
+    if not _DM.match(dm):
+        raise ConfigError(f"invalid device-mapper name {dm!r} for the root of GRUB entry {entry_id}")
     for what, path in (("kernel", kernel), ("initrd", initrd)):
         if not _PATH.match(path) or "/../" in path + "/":
             raise BmmError(f"the image's {what} path {path!r} cannot be put in a GRUB entry")
@@ -65,7 +85,6 @@ def format_tenant_entry(entry_id: str, title: str, vg: str, lv: str, kernel: str
     module = FS_MODULES.get(fstype)
     if module is None:
         raise BmmError(f"GRUB entry: unsupported root filesystem {fstype}")
-    dm = mapper_name(vg, lv)
     linux = " ".join([kernel, f"root=/dev/mapper/{dm}", "ro", *args])
     return (f"### BEGIN bmm entry {entry_id}\n"
             f"menuentry {quote(title)} --id {entry_id} {{\n"
@@ -288,13 +307,12 @@ def _write_custom(ex, boot_dir: str, text: str) -> None:
     ex.run(["sync", directory], timeout=TIMEOUT, check=False)
 
 
-def write_tenant_entry(ex, boot_dir: str, entry_id: str, title: str, vg: str, lv: str, kernel: str,
-                       initrd: str, cmdline: str = "", *, fstype: str = "ext4") -> str:
-    """Add (or replace) bmm's entry entry_id in <boot>/grub/custom.cfg; returns the entry text."""
-    block = format_tenant_entry(entry_id, title, vg, lv, kernel, initrd, cmdline, fstype=fstype)
+def write_tenant_entry(ex, boot_dir: str, entry: TenantEntry) -> str:
+    """Add (or replace) bmm's entry in <boot>/grub/custom.cfg; returns the entry text."""
+    block = format_tenant_entry(entry)
     text = _read_custom(ex, boot_dir)
     blocks = split_custom(text or "")
-    blocks[entry_id] = block
+    blocks[entry.entry_id] = block
     _write_custom(ex, boot_dir, render_custom(blocks))
     return block
 
@@ -345,3 +363,41 @@ def check_boot_setup(ex, boot_dir: str, home: str | None = None) -> None:
             problems.append(f"grub.cfg has no menu entry {home!r} for the home OS")
     if problems:
         raise BmmError("; ".join(problems), node=node)
+
+
+# ---------------------------------------------------------------------------------------------
+# the part
+
+def tenant_entry_id(vm_id: int) -> str:
+    return f"bmm-vm{vm_id}"
+
+
+class GrubBoot(Boot):
+    """A local disk booted by GRUB 2: the home OS stays saved_entry; an instance boots once
+    through next_entry, from bmm's own entry in custom.cfg."""
+
+    method = "grub"
+    SETTINGS = {
+        "boot_dir": Setting(settings.abs_path, "the node's boot directory, holding grub/grubenv (default /boot)"),
+        "home_entry": Setting(settings.string, "id or title of the home OS menu entry (default home)"),
+    }
+
+    def __init__(self, node: str, table: Mapping[str, Any]):
+        super().__init__(node, table)
+        self.boot_dir = self.settings.get("boot_dir", "/boot")
+        self.home = self.settings.get("home_entry", "home")
+
+    def present(self, ex) -> bool:
+        """Does the OS behind ex boot this node through GRUB (its grubenv is there)?"""
+        return ex.run(["test", "-f", env_path(self.boot_dir)], timeout=10, check=False).ok
+
+    def arm(self, ex, vm_id: int, entry: TenantEntry) -> None:
+        """The next boot (and only the next) starts the instance."""
+        write_tenant_entry(ex, self.boot_dir, entry)
+        ensure_saved_entry(ex, self.boot_dir, self.home)
+        set_next_entry(ex, self.boot_dir, entry.entry_id)
+
+    def disarm(self, ex, vm_id: int) -> None:
+        """The instance's entry goes; the home OS stays the default."""
+        remove_tenant_entry(ex, self.boot_dir, tenant_entry_id(vm_id))
+        ensure_saved_entry(ex, self.boot_dir, self.home)

@@ -104,8 +104,8 @@ def _cleanup(config, node, vm_id: int) -> None:
     directory (every disk wiped, the node available), through the kind like any action."""
     from bmm.opennebula.reply import Reporter
     from vmm_drivers.base import TmCall
-    from vmm_drivers.registry import driver_class
+    from bmm.kinds import kind_class
 
     reporter = Reporter(vm_id, live=True)
-    driver = driver_class(node.kind, config, node_name=node.name)(node, config, reporter)
+    driver = kind_class(node.kind, config, node_name=node.name)(node, config, reporter)
     driver.perform("tm_delete", TmCall("delete", [], vm_id, None, node.name, "", None))

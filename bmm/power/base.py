@@ -33,9 +33,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bmm import settings
 from bmm.errors import BmmError, ConfigError, FatalError, TimeoutExpired, TransientError
 from bmm.locks import flock_until
 from bmm.runner import redact
+from bmm.settings import Setting
 
 log = logging.getLogger("bmm.power")
 
@@ -56,6 +58,16 @@ DEFAULTS = {
 }
 
 COMMON_TIMING_KEYS = tuple(DEFAULTS)
+
+# The keys every driver's table takes; drivers add theirs (Power.SETTINGS).
+COMMON_SETTINGS: dict[str, Setting] = {
+    "driver": Setting(settings.string, "ipmi | pdu | ssh | manual", required=True),
+    "timeout_s": Setting(settings.positive_number, "deadline for a state change to be seen (default 60)"),
+    "soft_off_timeout_s": Setting(settings.positive_number, "the same for soft_off, an OS shutdown (default 300)"),
+    "min_interval_s": Setting(settings.non_negative_number, "between two commands to the same BMC/PDU (default 1)"),
+    "retries": Setting(settings.non_negative_int, "transient failures of one command (default 3)"),
+    "command_timeout_s": Setting(settings.positive_number, "deadline of one command (default 15)"),
+}
 
 ACTIONS = ("on", "off", "soft_off", "reset", "cycle")
 TARGET = {"on": "on", "off": "off", "soft_off": "off", "reset": "on"}
@@ -198,9 +210,17 @@ class Pacer:
 
 class Power:
     """Base class of the power drivers. Public API: status, on, off, soft_off, reset, cycle,
-    do(action). State-changing calls return the state they verified ("on"/"off")."""
+    do(action). State-changing calls return the state they verified ("on"/"off").
+
+    A driver declares its inventory table in SETTINGS (the common keys plus its own); validate()
+    checks a table against it without contacting anything."""
 
     driver = "base"
+    SETTINGS: dict[str, Setting] = COMMON_SETTINGS
+
+    @classmethod
+    def validate(cls, table: Mapping[str, Any]) -> list[tuple[str, str]]:
+        return settings.check_table(table, cls.SETTINGS)
 
     def __init__(self, node: str, settings: Mapping[str, Any]):
         self.node = node

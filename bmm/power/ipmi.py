@@ -14,8 +14,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bmm import settings
 from bmm.errors import FatalError, TimeoutExpired
 from bmm.power.base import Power
+from bmm.settings import Setting
 from bmm.runner import Result, last_line, run
 
 IPMITOOL = "ipmitool"
@@ -93,8 +95,27 @@ def secret_pipe(secret: str) -> int:
     return read_fd
 
 
+def _cipher_suite(value) -> str | None:
+    if not settings.is_int(value) or not 0 <= value <= 17:
+        return f"must be an IPMI cipher suite id (0-17), not {value!r}"
+    return None
+
+
+IPMI_SETTINGS: dict[str, Setting] = {
+    "host": Setting(settings.host, "the BMC's address", required=True),
+    "port": Setting(settings.port, "default 623"),
+    "user": Setting(settings.string, "the BMC user", required=True),
+    "password_file": Setting(settings.abs_path, "mode 0600, refused if group/world accessible", required=True),
+    "password_via": Setting(settings.choice("file", "env"), "file (an inherited pipe, default) | env (ipmitool -E)"),
+    "interface": Setting(settings.choice("lanplus", "lan"), "lanplus (default) | lan"),
+    "cipher_suite": Setting(_cipher_suite, "default 3"),
+    "privilege": Setting(settings.choice("ADMINISTRATOR", "OPERATOR", "USER"), "ADMINISTRATOR (default)"),
+}
+
+
 class IpmiPower(Power):
     driver = "ipmi"
+    SETTINGS = {**Power.SETTINGS, **IPMI_SETTINGS}
 
     def __init__(self, node: str, settings: Mapping[str, Any], *, runner: Callable[..., Result] = run):
         super().__init__(node, settings)

@@ -3,7 +3,9 @@ every change fails at once with instructions for the operator."""
 
 from __future__ import annotations
 
+from bmm import settings
 from bmm.power.base import Power
+from bmm.settings import Setting
 
 VERBS = {
     "on": "switch node {node} on (press its power button)",
@@ -16,6 +18,7 @@ VERBS = {
 
 class ManualPower(Power):
     driver = "manual"
+    SETTINGS = {**Power.SETTINGS, "instructions": Setting(settings.string, "extra text shown to the operator")}
 
     @property
     def endpoint(self) -> str:

@@ -23,8 +23,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from bmm import settings
 from bmm.errors import ConfigError
 from bmm.power.base import Power
+from bmm.settings import Setting
 
 
 REQUIRED_DIALECT_KEYS = ("password_prompt", "prompt", "on", "off", "status", "status_pattern",
@@ -150,8 +152,38 @@ def classify_client_output(text: str) -> tuple[str, str] | None:
     return None
 
 
+def _outlet(value) -> str | None:
+    if not settings.is_int(value) or value < 1:
+        return f"must be an outlet number (1 or more), not {value!r}"
+    return None
+
+
 class PduPower(Power):
     driver = "pdu"
+    SETTINGS = {
+        **Power.SETTINGS,
+        "host": Setting(settings.host, "the PDU's address", required=True),
+        "port": Setting(settings.port, "default 23 (telnet) / 22 (ssh)"),
+        "protocol": Setting(settings.choice("telnet", "ssh"), "telnet (default) | ssh"),
+        "user": Setting(settings.string, "the PDU user", required=True),
+        "password_file": Setting(settings.abs_path, "mode 0600", required=True),
+        "outlet": Setting(_outlet, "the node's outlet", required=True),
+        "dialect": Setting(settings.string, 'default "apc"; see bmm/power/dialects.py'),
+        "dialects_file": Setting(settings.abs_path, "extra dialects: a TOML file, one [name] table each"),
+        "reboot_delay_s": Setting(settings.non_negative_number, "off->on delay when the dialect has no reboot command"),
+        "known_hosts": Setting(settings.abs_path, "ssh protocol: host keys file"),
+        "host_key_policy": Setting(settings.choice("accept-new", "strict", "ignore"),
+                                   "ssh protocol: accept-new (default) | strict | ignore"),
+    }
+
+    @classmethod
+    def validate(cls, table):
+        problems = super().validate(table)
+        name = table.get("dialect")
+        if isinstance(name, str) and "dialects_file" not in table and name not in builtin_dialect_names():
+            problems.append(("dialect", f"unknown PDU dialect {name!r}; known: "
+                                        f"{', '.join(builtin_dialect_names())} (or set dialects_file)"))
+        return problems
 
     def __init__(self, node: str, settings: Mapping[str, Any], *,
                  spawn: Callable[..., Any] | None = None):
@@ -168,8 +200,6 @@ class PduPower(Power):
         self.known_hosts: str | None = s.get("known_hosts")
         self.host_key_policy: str = s.get("host_key_policy", "accept-new")
         self._spawn = spawn
-        if self.host.startswith("-"):
-            raise ConfigError(f"power.host {self.host!r} is not a host name", node=node)
 
     @property
     def endpoint(self) -> str:

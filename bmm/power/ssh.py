@@ -15,13 +15,32 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from bmm import settings
 from bmm.errors import ConfigError, FatalError, TimeoutExpired, TransientError
-from bmm.power.base import COMMON_TIMING_KEYS, Power
+from bmm.power.base import COMMON_SETTINGS, COMMON_TIMING_KEYS, Power
+from bmm.power.ipmi import IPMI_SETTINGS, IpmiPower
+from bmm.settings import Setting
 from bmm.transport.ssh import SshSession, SshTarget, reachable
+
+# the optional [power.bmc] table: an IPMI BMC for status and power on, with the common timings
+BMC_SETTINGS = {**{k: v for k, v in COMMON_SETTINGS.items() if k != "driver"}, **IPMI_SETTINGS}
 
 
 class SshPower(Power):
     driver = "ssh"
+    SETTINGS = {
+        **Power.SETTINGS,
+        "bmc": Setting(settings.table, "an IPMI BMC for status and power on: the ipmi keys"),
+        "off_command": Setting(settings.string_list, 'default ["poweroff"]'),
+        "reboot_command": Setting(settings.string_list, 'default ["reboot"]'),
+    }
+
+    @classmethod
+    def validate(cls, table):
+        problems = super().validate(table)
+        if isinstance(table.get("bmc"), Mapping):
+            problems += settings.check_table(table["bmc"], BMC_SETTINGS, "bmc.")
+        return problems
 
     def __init__(self, node: str, settings: Mapping[str, Any], *, ssh_target: SshTarget | None = None):
         super().__init__(node, settings)
@@ -30,8 +49,6 @@ class SshPower(Power):
         self.reboot_command: list[str] = list(self.settings.get("reboot_command", ["reboot"]))
         self.bmc = None
         if self.settings.get("bmc"):
-            from bmm.power.ipmi import IpmiPower
-
             bmc_settings = {k: v for k, v in self.settings.items() if k in COMMON_TIMING_KEYS}
             bmc_settings.update(self.settings["bmc"])
             self.bmc = IpmiPower(node, bmc_settings)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 from bmm.errors import BmmError
 from bmm.storage.image import LINUX_FS, Partition, choose_root
-from bmm.storage.lvm import attach_loop, check_name, detach_loop, executor_node, mapper_name
+from bmm.storage.lvm import attach_loop, check_name, detach_loop, mapper_name
+from bmm.transport import executor_node
 
 MOUNT_BASE = "/run/bmm"
 TIMEOUT = 120

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+from bmm import settings
 from bmm.errors import BmmError, ConfigError, TimeoutExpired
+from bmm.settings import Setting
+from bmm.transport import executor_node
 
 LVM_TIMEOUT = 120.0
 MiB = 1 << 20
@@ -28,15 +32,6 @@ MiB = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
 
 Progress = Callable[[int, int], None]
-
-
-def executor_node(ex) -> str | None:
-    """The inventory name of the node an executor talks to (for error messages)."""
-    node = getattr(ex, "node", None)
-    if node:
-        return node
-    target = getattr(ex, "target", None)
-    return getattr(target, "node", None) or getattr(target, "host", None)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -382,3 +377,49 @@ def wipe_lv(ex, vg: str, lv: str, progress: Progress | None = None) -> int:
             return wipe_device(ex, dev, progress)
         except BmmError as exc:
             raise BmmError(f"wiping LV {vg}/{lv} failed: {exc.reason}", node=executor_node(ex)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# the part
+
+class LvmDisk:
+    """Instance disks carved as LVs from one VG of the node's own disk (the `[storage]` table).
+
+    Declares its settings like every part; the methods take an executor on the node."""
+
+    SETTINGS = {
+        "vg": Setting(settings.lvm_name, "the volume group instance disks are carved from"),
+        "lv_prefix": Setting(settings.lvm_name, "logical volume name prefix"),
+    }
+
+    def __init__(self, node: str, table: Mapping[str, Any]):
+        self.node = node
+        self.vg = table["vg"]
+
+    @classmethod
+    def validate(cls, table: Mapping[str, Any]) -> list[tuple[str, str]]:
+        return settings.check_table(table, cls.SETTINGS)
+
+    def present(self, ex) -> bool:
+        """Does the OS behind ex see this node's VG?"""
+        return ex.run(["vgs", "--noheadings", "-o", "vg_name", self.vg], timeout=30, check=False).ok
+
+    def create(self, ex, name: str, size: int, *, tags: tuple[str, ...] = ()) -> Lv:
+        return create_lv(ex, self.vg, name, size, tags=tags)
+
+    def exists(self, ex, name: str) -> bool:
+        return lv_exists(ex, self.vg, name)
+
+    def names(self, ex, prefix: str) -> list[str]:
+        return [lv.name for lv in list_lvs(ex, self.vg, prefix=prefix)]
+
+    def open(self, ex, name: str):
+        return open_lv(ex, self.vg, name)
+
+    def wipe_and_remove(self, ex, name: str) -> None:
+        """Zero every byte of the LV, then remove it: a tenant's data never reaches the next."""
+        wipe_lv(ex, self.vg, name)
+        remove_lv(ex, self.vg, name)
+
+    def mapper_name(self, name: str) -> str:
+        return mapper_name(self.vg, name)

@@ -6,6 +6,7 @@ value from a template can never become shell syntax on the node.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import socket
@@ -16,8 +17,10 @@ from typing import BinaryIO
 
 import paramiko
 
+from bmm import settings
 from bmm.errors import AuthError, BmmError, FatalError, TimeoutExpired, TransientError
 from bmm.runner import Result, last_line, redact
+from bmm.settings import Setting
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
@@ -104,6 +107,14 @@ class SshSession:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def host_key(self) -> str | None:
+        """The host key the connected server presented ("<type> <base64>")."""
+        transport = self.client.get_transport()
+        if transport is None:
+            return None
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
 
     @property
     def client(self) -> paramiko.SSHClient:
@@ -252,14 +263,6 @@ def host_key(target: SshTarget, timeout: float = 5.0) -> str | None:
         sock.close()
 
 
-def session_host_key(session: SshSession) -> str | None:
-    transport = session.client.get_transport()
-    if transport is None:
-        return None
-    key = transport.get_remote_server_key()
-    return f"{key.get_name()} {key.get_base64()}"
-
-
 def reachable(target: SshTarget, timeout: float = 3.0) -> bool:
     """Does an SSH server answer at the target? A TCP connect plus banner, no login."""
     try:
@@ -268,3 +271,41 @@ def reachable(target: SshTarget, timeout: float = 3.0) -> bool:
             return sock.recv(4).startswith(b"SSH-")
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------------------------
+# the part
+
+class SshTransport:
+    """The way to a node's own OS: ssh with bmm's key (the `[ssh]` table)."""
+
+    SETTINGS = {
+        "address": Setting(settings.host, "the OS's address (default: the node's ip)"),
+        "port": Setting(settings.port, "default 22"),
+        "user": Setting(settings.string, "default root"),
+        "key": Setting(settings.abs_path, "bmm's private key (default: the user's keys)"),
+        "known_hosts": Setting(settings.abs_path, "host keys file"),
+        "host_key_policy": Setting(settings.choice(*HOST_KEY_POLICIES), "accept-new (default) | strict | ignore"),
+        "connect_timeout_s": Setting(settings.positive_number, "default 10"),
+    }
+
+    def __init__(self, target: SshTarget):
+        self.target = target
+
+    @classmethod
+    def validate(cls, table) -> list[tuple[str, str]]:
+        return settings.check_table(table, cls.SETTINGS)
+
+    def session(self, *, connect_timeout: float | None = None) -> SshSession:
+        """A connected session (AuthError: the OS refuses bmm's key; TransientError: no answer)."""
+        target = self.target if connect_timeout is None else dataclasses.replace(self.target,
+                                                                                  connect_timeout=connect_timeout)
+        session = SshSession(target)
+        session.connect()
+        return session
+
+    def host_key(self, timeout: float) -> str | None:
+        return host_key(dataclasses.replace(self.target, connect_timeout=timeout), timeout)
+
+    def reachable(self, timeout: float = 3.0) -> bool:
+        return reachable(self.target, timeout)

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from bmm.boot.grub import format_tenant_entry
+from bmm.boot.grub import TenantEntry, format_tenant_entry
+from bmm.storage.lvm import mapper_name
 from bmm.errors import BmmError
 from bmm.storage import adapt, image, lvm, stream
 from tests.lab.lvm_support import (
@@ -135,7 +136,7 @@ def test_adapt_copied_image(lab, tmp_path, whole_disk, fmt):
     assert res.warnings == []
     assert fstab.splitlines()[1] == f"{mapper}\t/\text4\terrors=remount-ro\t0\t1"
     assert "# bmm: swap device will not exist" in fstab
-    entry = format_tenant_entry("bmm-vm7", "bmm vm 7", lab.vg, lv.name, res.kernel, res.initrd)
+    entry = format_tenant_entry(TenantEntry("bmm-vm7", "bmm vm 7", mapper_name(lab.vg, lv.name), res.kernel, res.initrd))
     assert f"linux /boot/vmlinuz-{KERNEL} root={mapper} ro" in entry
     assert lab.loops_over_pv() == []
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from bmm.boot import grub
+from bmm.storage.lvm import mapper_name
 from bmm.errors import BmmError
 from tests.lab.lvm_support import local_executor
 from tests.support import require_lab
@@ -48,14 +49,18 @@ def test_home_stays_saved_tenant_boots_once(boot, ex):
     grub.clear_next_entry(ex, b)             # idempotent
 
 
+def entry(entry_id, title, vg, lv, kernel, initrd, cmdline=""):
+    return grub.TenantEntry(entry_id, title, mapper_name(vg, lv), kernel, initrd, cmdline)
+
+
 def test_tenant_entries_in_bmm_owned_custom_cfg(boot, ex):
     require_lab(*TOOLS)
     b = str(boot)
-    grub.write_tenant_entry(ex, b, "bmm-vm42", "bmm vm 42", "bmmvg", "one-42-0", "/boot/vmlinuz-6.1.0-9-amd64",
-                            "/boot/initrd.img-6.1.0-9-amd64", "console=ttyS0")
-    grub.write_tenant_entry(ex, b, "bmm-vm43", "bmm vm 43", "bmmvg", "one-43-0", "/vmlinuz", "/initrd.img")
-    grub.write_tenant_entry(ex, b, "bmm-vm42", "bmm vm 42 (redeployed)", "bmmvg", "one-42-0", "/vmlinuz",
-                            "/initrd.img")
+    grub.write_tenant_entry(ex, b, entry("bmm-vm42", "bmm vm 42", "bmmvg", "one-42-0", "/boot/vmlinuz-6.1.0-9-amd64",
+                                         "/boot/initrd.img-6.1.0-9-amd64", "console=ttyS0"))
+    grub.write_tenant_entry(ex, b, entry("bmm-vm43", "bmm vm 43", "bmmvg", "one-43-0", "/vmlinuz", "/initrd.img"))
+    grub.write_tenant_entry(ex, b, entry("bmm-vm42", "bmm vm 42 (redeployed)", "bmmvg", "one-42-0", "/vmlinuz",
+                                         "/initrd.img"))
     text = (boot / "grub" / "custom.cfg").read_text()
     assert text.startswith(grub.MARKER)
     assert grub.tenant_entries(ex, b) == ["bmm-vm42", "bmm-vm43"]
@@ -75,7 +80,7 @@ def test_never_clobbers_the_admins_custom_cfg(boot, ex):
     mine = "menuentry 'Rescue' --id rescue {\n    linux /rescue\n}\n"
     (boot / "grub" / "custom.cfg").write_text(mine)
     with pytest.raises(BmmError, match="not written by bmm"):
-        grub.write_tenant_entry(ex, str(boot), "bmm-vm1", "t", "vg", "lv", "/vmlinuz", "/initrd.img")
+        grub.write_tenant_entry(ex, str(boot), entry("bmm-vm1", "t", "vg", "lv", "/vmlinuz", "/initrd.img"))
     with pytest.raises(BmmError, match="not written by bmm"):
         grub.remove_tenant_entry(ex, str(boot), "bmm-vm1")
     assert (boot / "grub" / "custom.cfg").read_text() == mine
@@ -99,7 +104,7 @@ def test_the_lab_grub_emulator_boots_our_entry_once(boot, ex):
     grubboot = pytest.importorskip("bmm.lab.grubboot")
     b = str(boot)
     grub.ensure_saved_entry(ex, b, "home")
-    grub.write_tenant_entry(ex, b, "bmm-vm42", "bmm vm 42", "bmm-vg", "one-42-0", "/vmlinuz", "/initrd.img")
+    grub.write_tenant_entry(ex, b, entry("bmm-vm42", "bmm vm 42", "bmm-vg", "one-42-0", "/vmlinuz", "/initrd.img"))
     grub.set_next_entry(ex, b, "bmm-vm42")
     first = grubboot.choose(boot, home_entry="home")
     assert (first.entry.id, first.entry.root_vg, first.entry.root_lv, first.home) == \

@@ -5,6 +5,7 @@ import pytest
 from bmm.boot.grub import (
     HEADER,
     boot_setup_problems,
+    TenantEntry,
     format_tenant_entry,
     is_bmm_custom,
     parse_env,
@@ -12,6 +13,7 @@ from bmm.boot.grub import (
     render_custom,
     split_custom,
 )
+from bmm.storage.lvm import mapper_name
 from bmm.errors import BmmError, ConfigError
 
 DEBIAN_CFG = r"""#
@@ -79,9 +81,13 @@ fi
 """
 
 
+def entry(entry_id, title, vg, lv, kernel, initrd, cmdline="", *, fstype="ext4"):
+    return format_tenant_entry(TenantEntry(entry_id, title, mapper_name(vg, lv), kernel, initrd, cmdline, fstype))
+
+
 def test_entry_format_is_exactly_the_lab_format():
-    text = format_tenant_entry("bmm-vm42", "bmm vm 42", "bmmvg", "one-42-0", "/boot/vmlinuz-6.1.0-9-amd64",
-                               "/boot/initrd.img-6.1.0-9-amd64", "console=ttyS0,115200 quiet")
+    text = entry("bmm-vm42", "bmm vm 42", "bmmvg", "one-42-0", "/boot/vmlinuz-6.1.0-9-amd64",
+                 "/boot/initrd.img-6.1.0-9-amd64", "console=ttyS0,115200 quiet")
     assert text == (
         "### BEGIN bmm entry bmm-vm42\n"
         "menuentry 'bmm vm 42' --id bmm-vm42 {\n"
@@ -95,12 +101,12 @@ def test_entry_format_is_exactly_the_lab_format():
 
 
 def test_entry_dashes_in_vg_are_doubled_too():
-    text = format_tenant_entry("bmm-vm1", "t", "my-vg", "lv", "/vmlinuz", "/initrd.img")
+    text = entry("bmm-vm1", "t", "my-vg", "lv", "/vmlinuz", "/initrd.img")
     assert "set root=(lvm/my--vg-lv)" in text and "root=/dev/mapper/my--vg-lv ro" in text
 
 
 def test_entry_quotes_title_and_picks_fs_module():
-    text = format_tenant_entry("bmm-vm1", "alice's vm", "vg", "lv", "/vmlinuz", "/initrd.img", fstype="xfs")
+    text = entry("bmm-vm1", "alice's vm", "vg", "lv", "/vmlinuz", "/initrd.img", fstype="xfs")
     assert "menuentry 'alice'\\''s vm' --id bmm-vm1 {" in text
     assert "insmod xfs" in text
 
@@ -109,8 +115,8 @@ def test_entry_quotes_title_and_picks_fs_module():
     ({"entry_id": "bmm vm"}, ConfigError),
     ({"entry_id": "-x"}, ConfigError),
     ({"title": "a\nmenuentry evil {"}, ConfigError),
-    ({"vg": "bad vg"}, ConfigError),
-    ({"lv": "--help"}, ConfigError),
+    ({"root_dm": "bad vg-lv"}, ConfigError),
+    ({"root_dm": "--help"}, ConfigError),
     ({"kernel": "/boot/vmlinuz x"}, BmmError),
     ({"kernel": "boot/vmlinuz"}, BmmError),
     ({"initrd": "/boot/initrd;reboot"}, BmmError),
@@ -121,16 +127,16 @@ def test_entry_quotes_title_and_picks_fs_module():
     ({"cmdline": "root=/dev/sda1"}, ConfigError),
 ])
 def test_entry_refuses_what_could_become_grub_syntax(kwargs, err):
-    args = dict(entry_id="bmm-vm1", title="t", vg="vg", lv="lv", kernel="/vmlinuz", initrd="/initrd.img",
+    args = dict(entry_id="bmm-vm1", title="t", root_dm="vg-lv", kernel="/vmlinuz", initrd="/initrd.img",
                 cmdline="")
     args.update(kwargs)
     with pytest.raises(err):
-        format_tenant_entry(**args)
+        format_tenant_entry(TenantEntry(**args))
 
 
 def test_custom_cfg_blocks_round_trip():
-    a = format_tenant_entry("bmm-vm1", "one", "vg", "lv1", "/vmlinuz", "/initrd.img")
-    b = format_tenant_entry("bmm-vm2", "two", "vg", "lv2", "/vmlinuz", "/initrd.img")
+    a = entry("bmm-vm1", "one", "vg", "lv1", "/vmlinuz", "/initrd.img")
+    b = entry("bmm-vm2", "two", "vg", "lv2", "/vmlinuz", "/initrd.img")
     text = render_custom({"bmm-vm1": a, "bmm-vm2": b})
     assert text.startswith(HEADER) and is_bmm_custom(text)
     blocks = split_custom(text)
@@ -154,8 +160,7 @@ def test_parse_debian_menu_with_submenu():
 
 
 def test_custom_entries_continue_the_top_level_numbering():
-    custom = render_custom({"bmm-vm9": format_tenant_entry("bmm-vm9", "bmm vm 9", "vg", "lv", "/vmlinuz",
-                                                           "/initrd.img")})
+    custom = render_custom({"bmm-vm9": entry("bmm-vm9", "bmm vm 9", "vg", "lv", "/vmlinuz", "/initrd.img")})
     entries = parse_menu(custom, "custom.cfg", start_index=3)
     assert entries[0].index == "3" and entries[0].source == "custom.cfg"
 

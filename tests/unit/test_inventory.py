@@ -144,13 +144,6 @@ def test_power_settings_are_checked_by_the_power_package(tmp_path):
     assert any(n == "board1" and f == "power.driver" and "redfish" in m for n, f, m in found)
 
 
-def test_without_the_power_package_only_the_driver_is_checked(tmp_path, monkeypatch):
-    monkeypatch.setattr(inventory, "_power_validator", lambda: None)
-    text = GOOD.replace('user          = "admin"', 'usr           = "admin"')
-    found = problems_of(tmp_path, text.replace('driver = "manual"', 'driver = "redfish"'))
-    assert found == [("board1", "power.driver", "'redfish' is not one of: ipmi, pdu, ssh, manual")]
-
-
 @pytest.mark.parametrize("key", ["password", "bmc_password"])
 def test_a_literal_password_is_refused_once(tmp_path, key):
     text = GOOD.replace('password_file = "/etc/one/bmm/secrets/node01.bmc"',
@@ -180,7 +173,7 @@ def test_values_are_checked(tmp_path):
     assert found[("board1", "cpus")] == "must be a positive integer, not a boolean"
     assert found[("node01", "boot.method")] == "'nfsroot' does not fit kind 'localdisk' (localdisk boots by grub)"
     assert "does not fit kind 'netboot'" in found[("board1", "boot.method")]
-    assert "TCP port" in found[("node01", "ssh.port")]
+    assert "port (1-65535)" in found[("node01", "ssh.port")]
     assert "LVM name" in found[("node01", "storage.vg")]
 
 
