@@ -5,7 +5,6 @@ process (`python -m im_drivers.daemon`, as the IM control script starts it); mac
 the test-only kind tests/slowkind.py; every message is decoded as onemonitord does."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
