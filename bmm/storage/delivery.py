@@ -36,6 +36,7 @@ Design (the measurements that chose it are in docs/storage.md, `benchmarks/image
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import queue
@@ -46,6 +47,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bmm.errors import BmmError, TimeoutExpired, TransientError
+from bmm.storage.digests import DigestCache, source_files
 from bmm.storage.image import CHUNK, ZERO_BLOCK, ImageInfo, image_blocks, inspect_image, open_image
 from bmm.storage.lvm import blockdev_size, executor_node
 from bmm.storage.stream import CopyResult, Progress, _classify, encode, record
@@ -58,7 +60,7 @@ MIN_ZERO_RATE = 20e6
 IO_TIMEOUT = 120.0
 
 PY_RECEIVER = r'''
-import fcntl, hmac, json, os, select, stat, struct, sys, threading, time
+import errno, fcntl, hashlib, hmac, json, mmap, os, select, stat, struct, sys, threading, time
 
 def fail(kind, msg, code):
     sys.stderr.write("bmm-recv: %s: %s\n" % (kind, msg))
@@ -84,7 +86,7 @@ if len(f) != 3 or f[0] != b"C" or not f[1].isdigit() or int(f[1]) > 65536:
     fail("fatal", "bad control record", 2)
 try:
     ctl = json.loads(control_read(int(f[1]), 120))
-    mac = hmac.new(bytes.fromhex(ctl.pop("key")), digestmod="sha256")
+    key = bytes.fromhex(ctl.pop("key"))
 except (ValueError, KeyError):
     fail("fatal", "bad control record", 2)
 io_timeout = float(ctl["io_timeout"])
@@ -96,6 +98,12 @@ try:
     have = struct.unpack("Q", fcntl.ioctl(fd, 0x80081272, b"\0" * 8))[0]     # BLKGETSIZE64
 except OSError as e:
     fail("fatal", "cannot open %s: %s" % (dev, e.strerror), 2)
+# Aligned writes bypass the page cache (O_DIRECT, from page-aligned buffers): less CPU, no
+# writeback competing with the stream; the rest, and a device that refuses it, buffered.
+try:
+    dfd = [os.open(dev, os.O_WRONLY | os.O_DIRECT)]
+except OSError:
+    dfd = [-1]
 if have < ctl["size"]:
     fail("fatal", "%s has %d bytes, expected at least %d" % (dev, have, ctl["size"]), 2)
 
@@ -122,10 +130,11 @@ else:
         pass
     source = lambda view: os.readv(0, [view])
 
-# The MAC runs in a thread (hashlib drops the GIL) while this one reads and writes: buffers
-# rotate, and one is refilled only once its bytes went into the MAC.
+# SHA-256 runs in a thread (hashlib drops the GIL) while this one reads and writes: buffers
+# rotate, and one is refilled only once its bytes were hashed.
 NBUF = 3
-views = [memoryview(bytearray(4 << 20)) for _ in range(NBUF)]
+views = [memoryview(mmap.mmap(-1, 4 << 20)) for _ in range(NBUF)]
+sha = hashlib.sha256()
 free = [threading.Event() for _ in range(NBUF)]
 for e in free:
     e.set()
@@ -141,7 +150,7 @@ def macer():
         if item is None:
             return
         i, n = item
-        mac.update(views[i][:n])
+        sha.update(views[i][:n])
         free[i].set()
 
 threading.Thread(target=macer, daemon=True).start()
@@ -184,6 +193,18 @@ def header():
 
 ZERO = bytes(4 << 20)
 
+def put(view, pos):
+    k, n = 0, len(view)
+    while k < n:
+        w = dfd[0] if dfd[0] >= 0 and not (pos + k) % 4096 and not (n - k) % 4096 and not k % 4096 else fd
+        try:
+            k += os.pwrite(w, view[k:], pos + k)
+        except OSError as e:
+            if w != dfd[0] or e.errno != errno.EINVAL:
+                raise
+            os.close(dfd[0])
+            dfd[0] = -1
+
 def zero(off, n):
     try:
         fcntl.ioctl(fd, 0x127f, struct.pack("QQ", off, n))   # BLKZEROOUT
@@ -208,9 +229,7 @@ try:
                 n = min(left, len(views[i]))
                 readexact(views[i][:n])
                 give((i, n))
-                k = 0
-                while k < n:
-                    k += os.pwrite(fd, views[i][k:n], pos + k)
+                put(views[i][:n], pos)
                 pos += n
                 left -= n
             data += b
@@ -223,21 +242,23 @@ try:
             break
         else:
             fail("fatal", "bad record type", 2)
-    trailer = memoryview(bytearray(44 + 64))     # not covered by the MAC it carries
+    trailer = memoryview(bytearray(44 + 64))     # not covered by the digest it authenticates
     readexact(trailer[:44])
     op, a, b = parse(trailer[:44])
     if op != b"H" or a != 64:
         fail("interrupted", "stream ended without its checksum", 3)
     readexact(trailer[44:])
     want = bytes(trailer[44:])
-    for e in free:                   # every byte went into the MAC
+    for e in free:                   # every byte was hashed
         e.wait()
     give(None)
-    got = mac.hexdigest()
-    if not hmac.compare_digest(want, got.encode()):
+    got = sha.hexdigest()
+    if not hmac.compare_digest(want, hmac.new(key, sha.digest(), "sha256").hexdigest().encode()):
         fail("corrupt", "checksum mismatch: the stream was altered on its way", 5)
     os.fsync(fd)
     os.close(fd)
+    if dfd[0] >= 0:
+        os.close(dfd[0])
 except OSError as e:
     fail("fatal", "writing %s failed: %s" % (dev, e.strerror), 4)
 sys.stdout.write("OK %d %d %s python\n" % (data, zeroed, got))
@@ -264,27 +285,32 @@ def control_record(obj: dict) -> bytes:
 
 
 class SignedStream:
-    """The stream's pieces, then its trailer (`H 64 0` + hex HMAC-SHA256 of S..E). The MAC runs
-    in a thread (hashlib drops the GIL), a piece behind, so it overlaps reading the image and
-    sending: on the front-end it costs as much CPU as everything else (docs/storage.md)."""
+    """The stream's pieces, then its trailer: `H 64 0` + hex HMAC-SHA256(key, SHA-256(S..E)).
 
-    def __init__(self, pieces: Iterator[bytes | memoryview], key: bytes):
+    The digest is unkeyed, so it is the same for every copy of the same stream and can be
+    remembered (bmm.storage.digests): with `known` the front-end does not hash at all. Else
+    SHA-256 runs in a thread (hashlib drops the GIL), a piece behind, overlapping reading the
+    image and sending: it costs the front-end as much CPU as all the rest (docs/storage.md)."""
+
+    def __init__(self, pieces: Iterator[bytes | memoryview], key: bytes, known: str | None = None):
         self.pieces = pieces
-        self.mac = hmac.new(key, digestmod="sha256")
+        self.key = key
+        self.sha = None if known else hashlib.sha256()
+        self.digest: str | None = known
         self.todo: queue.Queue = queue.Queue(maxsize=2)
-        self.worker = threading.Thread(target=self._mac, daemon=True)
+        self.worker = threading.Thread(target=self._hash, daemon=True)
         self.gen = self._run()
-        self.digest: str | None = None
 
-    def _mac(self) -> None:
+    def _hash(self) -> None:
         while (piece := self.todo.get()) is not None:
-            self.mac.update(piece)
+            self.sha.update(piece)
 
     def __iter__(self):
         return self.gen
 
     def _run(self):
-        self.worker.start()
+        if self.sha is not None:
+            self.worker.start()
         try:
             while True:
                 try:
@@ -293,13 +319,16 @@ class SignedStream:
                     raise SourceError(exc) from None
                 if piece is None:
                     break
-                self.todo.put(piece)
+                if self.sha is not None:
+                    self.todo.put(piece)
                 yield piece
         finally:
-            self.todo.put(None)
-        self.worker.join()
-        self.digest = self.mac.hexdigest()
-        yield record("H", 64, 0) + self.digest.encode()
+            if self.sha is not None:
+                self.todo.put(None)
+        if self.sha is not None:
+            self.worker.join()
+            self.digest = self.sha.hexdigest()
+        yield record("H", 64, 0) + hmac.new(self.key, bytes.fromhex(self.digest), "sha256").hexdigest().encode()
 
     def close(self) -> None:
         self.gen.close()
@@ -473,14 +502,15 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
                   transport="http", progress: Progress | None = None, timeout: float = 3600,
                   offset: int = 0, length: int | None = None, info: ImageInfo | None = None,
                   target_zeroed: bool = False, chunk: int = CHUNK, zero_block: int = ZERO_BLOCK,
-                  source: str | None = None) -> CopyResult:
+                  source: str | None = None, digests: DigestCache | None = None) -> CopyResult:
     """stream.copy_image_to_lv's contract (bytes [offset, offset+length) of the image to
     [0, length) of `device`, [length, size) zeroed, progress(done, size) at least every 1% and
     (size, size) only once the receiver confirmed, TransientError on an interruption), through
     `transport` ("http", "ssh", "session" or a transport object), MAC-checked on the node.
 
     source: what qemu opens instead of image_path, e.g. the pinned backing chain of
-    bmm.storage.chain.inspect_source (image_path then only names the image in messages)."""
+    bmm.storage.chain.inspect_source (image_path then only names the image in messages).
+    digests: where the stream's SHA-256 is remembered, so the next copy of it skips hashing."""
     node = executor_node(ex)
     info = info or inspect_image(image_path, fmt)
     if length is None:
@@ -495,6 +525,10 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
         if have < size:
             raise BmmError(f"{device} has {have} bytes, expected at least {size}", node=node)
     key = secrets.token_bytes(32)
+    params = {"version": VERSION, "fmt": fmt, "offset": offset, "length": length, "size": size,
+              "target_zeroed": target_zeroed, "chunk": chunk, "zero_block": zero_block}
+    entry = digests.key(source_files(image_path, source), params) if digests else None
+    known = digests.get(entry) if digests else None
     stats: dict = {}
     step = max(1, size // 100)
     last = {"reported": -step}
@@ -512,7 +546,7 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
         # one chunk per D record: the python receiver needs no merging (version 1's dd one
         # did), and each record's bytes leave as soon as they are read
         stream = SignedStream(encode(blocks, length, size, target_zeroed=target_zeroed, stats=stats,
-                                     merge_limit=chunk, version=VERSION), key)
+                                     merge_limit=chunk, version=VERSION), key, known)
         control = {"size": size, "key": key.hex(), "io_timeout": IO_TIMEOUT}
         job = Job(ex, receiver_argv(device), control, stream, timeout, report, stats)
         try:
@@ -520,13 +554,19 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
         except SourceError as exc:
             raise exc.error from None
         except BaseException as exc:
-            raise _classify(exc, image_path, device, node) from None
+            error = _classify(exc, image_path, device, node)
+            if known and "checksum mismatch" in str(error):
+                digests.drop(entry)           # stale: the next try hashes again
+            raise error from None
         finally:
             stream.close()
     got = res.stdout.split()
     if got != ["OK", str(stats["data"]), str(stats["zero"]), stream.digest or "-", "python"]:
         raise TransientError(f"copy of {image_path} to {device} was not confirmed "
                              f"(receiver said {res.stdout.strip()[:200]!r})", node=node)
+    if digests and not known:
+        digests.put(entry, stream.digest)     # the receiver computed the same digest
     if progress:
         progress(size, size)
-    return CopyResult(f"python/{carrier.name}", stats["data"], stats["zero"], time.monotonic() - started)
+    return CopyResult(f"python/{carrier.name}", stats["data"], stats["zero"], time.monotonic() - started,
+                      digest=stream.digest, hashed=not known)

@@ -248,6 +248,8 @@ class CopyResult:
     data_bytes: int     # bytes sent
     zero_bytes: int     # bytes zeroed on the node without being sent
     seconds: float
+    digest: str = ""    # version 2 (bmm.storage.delivery): the stream's SHA-256, as the node computed it
+    hashed: bool = True  # version 2: False when the front-end knew the digest and did not hash
 
     @property
     def bytes_per_second(self) -> float:

@@ -25,6 +25,7 @@ import pytest
 
 from bmm.errors import BmmError, TransientError
 from bmm.storage import chain, delivery
+from bmm.storage.digests import DigestCache, source_files
 from bmm.storage.image import inspect_image
 from bmm.transport.oneshot import session_addresses
 from tests.lab.lvm_support import MiB
@@ -525,3 +526,52 @@ def test_backing_chains_outside_the_datastore_are_refused(images, tmp_path):
     assert src.spec.startswith("json:") and '"backing":null' not in src.spec     # raw bottom: no backing key
     plain = chain.inspect_source(imgs["sparse"][0], "raw", within=str(ds))
     assert plain.spec is None and plain.info == inspect_image(imgs["sparse"][0], "raw")
+
+
+# ---------------------------------------------------------------------------------------------
+# remembered digests (bmm.storage.digests)
+
+def test_a_remembered_digest_skips_hashing_and_never_outlives_its_image(node, target, images, tmp_path):
+    lab, name, session = node
+    lv, dev = target
+    ds, imgs = images[:2]
+    image = tmp_path / "image.raw"
+    image.write_bytes(imgs["full"][2])
+    cache = DigestCache(str(tmp_path / "digests"))
+
+    def copy(**kw):
+        res = delivery.deliver_image(session, str(image), "raw", dev, lv.size, digests=cache, **kw)
+        assert node_lv_bytes(lab, name, lv.name)[:image.stat().st_size] == image.read_bytes()
+        return res
+    first, second = copy(), copy(transport="ssh")
+    assert first.hashed and not second.hashed and first.digest == second.digest
+    # rewritten in place, same size: a new key (its ctime moved), hashed again
+    with open(image, "r+b") as f:
+        f.seek(5 * MiB)
+        f.write(b"changed")
+    third = copy()
+    assert third.hashed and third.digest != first.digest
+    # a stale entry (what no write can make, short of a broken clock or filesystem): refused,
+    # dropped, and the next try hashes again
+    entries = {open(os.path.join(cache.dir, e)).read().strip(): e for e in os.listdir(cache.dir)}
+    assert set(entries) == {first.digest, third.digest}      # the old image's entry never matches again
+    with open(os.path.join(cache.dir, entries[third.digest]), "w") as f:
+        f.write(first.digest + "\n")
+    with pytest.raises(BmmError, match="checksum mismatch") as err:
+        copy()
+    assert not isinstance(err.value, TransientError) and os.listdir(cache.dir) == [entries[first.digest]]
+    assert copy().hashed and len(os.listdir(cache.dir)) == 2
+
+
+def test_digest_keys_name_every_layer_of_a_chain(images):
+    ds, imgs = images[:2]
+    src = chain.inspect_source(imgs["chain"][0], "qcow2", within=str(ds))
+    assert source_files(imgs["chain"][0], src.spec) == [layer.path for layer in src.layers]
+    assert source_files(imgs["full"][0], None) == [imgs["full"][0]]
+    cache = DigestCache("/nonexistent")
+    params = {"size": 1}
+    key = cache.key(source_files(imgs["chain"][0], src.spec), params)
+    assert key and key == cache.key([layer.path for layer in src.layers], params)
+    assert key != cache.key([layer.path for layer in src.layers[:-1]], params)
+    assert key != cache.key([layer.path for layer in src.layers], {"size": 2})
+    assert cache.key(["/nonexistent/file"], params) is None and cache.get(None) is None
