@@ -50,7 +50,7 @@ from bmm.errors import BmmError, TimeoutExpired, TransientError
 from bmm.storage.digests import DigestCache, source_files
 from bmm.storage.image import CHUNK, ZERO_BLOCK, ImageInfo, image_blocks, inspect_image, open_image
 from bmm.storage.lvm import blockdev_size, executor_node
-from bmm.storage.stream import CopyResult, Progress, _classify, encode, record
+from bmm.storage.stream import PY_FAIL, PY_ZERO, CopyResult, Progress, _classify, encode, record
 
 VERSION = 2
 TRANSPORTS = ("http", "ssh", "session")
@@ -60,13 +60,8 @@ MIN_ZERO_RATE = 20e6
 IO_TIMEOUT = 120.0
 
 PY_RECEIVER = r'''
-import errno, fcntl, hashlib, hmac, json, mmap, os, select, stat, struct, sys, threading, time
-
-def fail(kind, msg, code):
-    sys.stderr.write("bmm-recv: %s: %s\n" % (kind, msg))
-    sys.stderr.flush()
-    os._exit(code)
-
+import errno, fcntl, hashlib, hmac, json, mmap, os, resource, select, stat, struct, sys, threading, time
+''' + PY_FAIL + r'''
 def control_read(n, timeout):
     # exactly n bytes of fd 0: with the stdin source the stream follows on the same fd
     out = bytearray()
@@ -190,9 +185,7 @@ def header():
     readexact(views[i][:44])
     give((i, 44))
     return parse(views[i][:44])
-
-ZERO = bytes(4 << 20)
-
+''' + PY_ZERO + r'''
 def put(view, pos):
     k, n = 0, len(view)
     while k < n:
@@ -204,16 +197,6 @@ def put(view, pos):
                 raise
             os.close(dfd[0])
             dfd[0] = -1
-
-def zero(off, n):
-    try:
-        fcntl.ioctl(fd, 0x127f, struct.pack("QQ", off, n))   # BLKZEROOUT
-        return
-    except OSError:
-        pass
-    end = off + n
-    while off < end:
-        off += os.pwrite(fd, ZERO[:min(len(ZERO), end - off)], off)
 
 op, a, b = header()
 if op != b"S" or a != 2:
@@ -261,7 +244,8 @@ try:
         os.close(dfd[0])
 except OSError as e:
     fail("fatal", "writing %s failed: %s" % (dev, e.strerror), 4)
-sys.stdout.write("OK %d %d %s python\n" % (data, zeroed, got))
+ru = resource.getrusage(resource.RUSAGE_SELF)      # all threads: for benchmarks/image_copy.py
+sys.stdout.write("OK %d %d %s python\ncpu %.3f\n" % (data, zeroed, got, ru.ru_utime + ru.ru_stime))
 sys.stdout.flush()
 os._exit(0)
 '''
@@ -560,7 +544,8 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
             raise error from None
         finally:
             stream.close()
-    got = res.stdout.split()
+    lines = res.stdout.splitlines()
+    got = lines[0].split() if lines else []
     if got != ["OK", str(stats["data"]), str(stats["zero"]), stream.digest or "-", "python"]:
         raise TransientError(f"copy of {image_path} to {device} was not confirmed "
                              f"(receiver said {res.stdout.strip()[:200]!r})", node=node)
@@ -568,5 +553,6 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
         digests.put(entry, stream.digest)     # the receiver computed the same digest
     if progress:
         progress(size, size)
+    node_cpu = next((float(line.split()[1]) for line in lines[1:] if line.startswith("cpu ")), 0.0)
     return CopyResult(f"python/{carrier.name}", stats["data"], stats["zero"], time.monotonic() - started,
-                      digest=stream.digest, hashed=not known)
+                      digest=stream.digest, hashed=not known, node_cpu=node_cpu)

@@ -57,14 +57,31 @@ def record(op: str, a: int, b: int) -> bytes:
     return rec
 
 
-PY_RECEIVER = r'''
-import errno, fcntl, os, stat, struct, sys
-
+# Pieces of receiver code both stream versions use (version 2: bmm.storage.delivery).
+PY_FAIL = r'''
 def fail(kind, msg, code):
     sys.stderr.write("bmm-recv: %s: %s\n" % (kind, msg))
     sys.stderr.flush()
     os._exit(code)
+'''
 
+PY_ZERO = r'''
+ZERO = bytes(4 << 20)
+
+def zero(off, n):
+    try:
+        fcntl.ioctl(fd, 0x127f, struct.pack("QQ", off, n))   # BLKZEROOUT
+        return
+    except OSError:
+        pass
+    end = off + n
+    while off < end:
+        off += os.pwrite(fd, ZERO[:min(len(ZERO), end - off)], off)
+'''
+
+PY_RECEIVER = r'''
+import errno, fcntl, os, stat, struct, sys
+''' + PY_FAIL + r'''
 dev = sys.argv[1]
 try:
     if not stat.S_ISBLK(os.stat(dev).st_mode):
@@ -78,7 +95,6 @@ except OSError:
     pass
 buf = bytearray(4 << 20)
 view = memoryview(buf)
-ZERO = bytes(4 << 20)
 
 def readexact(n):
     got = 0
@@ -94,17 +110,7 @@ def header():
     if len(f) != 3 or not f[1].isdigit() or not f[2].isdigit():
         fail("fatal", "bad record header", 2)
     return f[0], int(f[1]), int(f[2])
-
-def zero(off, n):
-    try:
-        fcntl.ioctl(fd, 0x127f, struct.pack("QQ", off, n))   # BLKZEROOUT
-        return
-    except OSError:
-        pass
-    end = off + n
-    while off < end:
-        off += os.pwrite(fd, ZERO[:min(len(ZERO), end - off)], off)
-
+''' + PY_ZERO + r'''
 op, a, b = header()
 if op != b"S" or a != 1:
     fail("fatal", "not a bmm stream version 1", 2)
@@ -250,6 +256,7 @@ class CopyResult:
     seconds: float
     digest: str = ""    # version 2 (bmm.storage.delivery): the stream's SHA-256, as the node computed it
     hashed: bool = True  # version 2: False when the front-end knew the digest and did not hash
+    node_cpu: float = 0.0  # version 2: CPU seconds of the receiver on the node
 
     @property
     def bytes_per_second(self) -> float:

@@ -30,6 +30,7 @@ from bmm.storage.image import inspect_image
 from bmm.transport.oneshot import session_addresses
 from tests.lab.lvm_support import MiB
 from tests.lab.node_support import node_lv, node_lv_bytes, node_session
+from tests.lab.test_storage_stream import CutStream
 from tests.support import require_lab
 
 TOOLS = ("qemu-img", "qemu-nbd", "qemu-io", "ssh", "sshd", "lvm")
@@ -237,26 +238,6 @@ class Tamper:
         return self.bulk.run_stream_in(argv, flipped, timeout=timeout)
 
 
-class CutSession:
-    """A control session whose channel closes after `keep` pieces of the stream."""
-
-    def __init__(self, session, keep: int):
-        self.session, self.keep = session, keep
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def run_stream_in(self, argv, source, *, timeout):
-        left = [self.keep]
-
-        def cut():
-            if left[0] == 0:
-                return None
-            left[0] -= 1
-            return source()
-        return self.session.run_stream_in(argv, cut, timeout=timeout)
-
-
 class TamperedSsh(delivery.SshTransport):
     def __init__(self, at: int):
         super().__init__()
@@ -305,7 +286,7 @@ def test_killing_the_transport_mid_copy_is_transient_and_never_success(node, tar
     elif transport == "ssh":
         carrier = KilledSsh()
     else:
-        carrier, ex = "session", CutSession(session, keep=4)
+        carrier, ex = "session", CutStream(session, keep=4)
 
     def progress(done, total):
         seen.append(done)

@@ -189,13 +189,13 @@ def test_probe_layout_errors(tmp_path):
 
 
 class CutStream:
-    """An executor whose link drops after `keep` pieces of the stream."""
+    """An executor (LocalExecutor or SshSession) whose link drops after `keep` pieces of the stream."""
 
     def __init__(self, ex, keep):
-        self.ex, self.node, self.keep = ex, ex.node, keep
+        self.ex, self.keep = ex, keep
 
-    def run(self, argv, **kw):
-        return self.ex.run(argv, **kw)
+    def __getattr__(self, name):
+        return getattr(self.ex, name)
 
     def run_stream_in(self, argv, source, *, timeout):
         left = [self.keep]
