@@ -45,6 +45,11 @@ def _user_attr(vm, key: str) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _vm_log(vm_id: int) -> str:
+    """The VM log, relative to the var directory of a self-contained 7.4 install."""
+    return f"vms/{vm_id}/vm.log"
+
+
 class WaitTimeout(AssertionError):
     pass
 
@@ -196,29 +201,17 @@ class Cloud:
                 f"\n--- bmm.log ---\n{self.fe.tail_bmm_log(15)}")
 
     def vm_log_path(self, vm_id: int) -> Path:
-        return self.fe.var / "vms" / str(vm_id) / "vm.log"      # self-contained 7.4
+        return self.fe.var / _vm_log(vm_id)
 
-    def vm_log(self, vm_id: int, lines: int | None = None) -> str:
-        try:
-            text = self.vm_log_path(vm_id).read_text(errors="replace")
-        except OSError:
-            return "(no VM log)"
-        return text if lines is None else "\n".join(text.splitlines()[-lines:])
+    def vm_log(self, vm_id: int, lines: int) -> str:
+        return self.fe.tail(_vm_log(vm_id), lines)
 
     def log_size(self, vm_id: int) -> int:
         """Where the VM log ends now, to read only what an action adds."""
-        try:
-            return self.vm_log_path(vm_id).stat().st_size
-        except OSError:
-            return 0
+        return self.fe.log_size(_vm_log(vm_id))
 
     def log_since(self, vm_id: int, offset: int) -> str:
-        try:
-            with self.vm_log_path(vm_id).open("rb") as fh:
-                fh.seek(offset)
-                return fh.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return self.fe.log_since(_vm_log(vm_id), offset)
 
     def wait_log(self, vm_id: int, offset: int, pattern: str, *, timeout: float = ACTION_TIMEOUT_S) -> str:
         """Wait until the VM log, past offset, has a line matching pattern; return that text."""
@@ -229,6 +222,17 @@ class Cloud:
             return bool(regex.search(text)), self.state(vm_id)
         self.wait_for(check, timeout, f"VM {vm_id} log line /{pattern}/", lambda: self.explain(vm_id))
         return self.log_since(vm_id, offset)
+
+    def wait_cleanup(self, vm_id: int, oned_offset: int, *, timeout: float = ACTION_TIMEOUT_S) -> str:
+        """recover --delete, or terminate, of a VM in a *_FAILURE state: oned marks it DONE at
+        once and cleans up afterwards (TM delete after a failed prolog, VMM CLEANUP after a
+        failed boot). Wait for that reply in oned.log (past oned_offset) and return it."""
+        regex = re.compile(rf"Message received: (TRANSFER|CLEANUP) (SUCCESS|FAILURE) {vm_id} .*")
+
+        def check():
+            found = regex.search(self.fe.log_since("oned.log", oned_offset))
+            return found is not None, found.group(0) if found else "no TRANSFER reply yet"
+        return self.wait_for(check, timeout, f"the clean-up of VM {vm_id}", lambda: self.explain(vm_id))
 
     def discard(self, vm_ids) -> None:
         """Clean-up after a module: terminate --hard (recover --delete where that is refused)

@@ -243,6 +243,20 @@ class Frontend:
     def tail(self, name: str, lines: int = 40) -> str:
         return _tail(self.var / name, lines)
 
+    def log_size(self, name: str) -> int:
+        try:
+            return (self.var / name).stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, name: str, offset: int) -> str:
+        try:
+            with (self.var / name).open("rb") as fh:
+                fh.seek(offset)
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def tail_bmm_log(self, lines: int = 40) -> str:
         """bmm's own log, next to its state database."""
         return _tail(self.dir / "bmm" / "bmm.log", lines)

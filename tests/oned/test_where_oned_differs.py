@@ -27,7 +27,6 @@ WATCH_AFTER_S = 60           # how long a state is watched after an operation
 SAMPLE_S = 0.5
 MONITOR_NOTICE_S = 60        # STATE_VM every 5 s; oned ignores updates 30 s after a state change
 USED_DISK_WAIT_S = 70        # SYSTEM_HOST every 20 s in the tier's monitord.conf
-ACTION_WAIT_S = 120
 
 
 class Fleet:
@@ -139,7 +138,7 @@ def watch_restart(cloud, vm, machine, action) -> dict:
         if ended is None and time.monotonic() - start > DEPLOY_TIMEOUT_S:
             break
         time.sleep(SAMPLE_S)
-    return {"action": action, "vm": vm, "machine": machine, "before": before, "start": start, "trace": trace,
+    return {"vm": vm, "machine": machine, "before": before, "start": start, "trace": trace,
             "log": cloud.log_since(vm, offset)}
 
 
@@ -354,11 +353,13 @@ def test_a_refused_second_vm_leaves_the_running_tenant_untouched(cloud, fleet, t
         return state.endswith("FAILURE") or state == "RUNNING", state
     refused = cloud.wait_for(refused_or_running, DEPLOY_TIMEOUT_S, f"VM {second} refused", lambda: cloud.explain(second))
     assert refused.endswith("FAILURE"), f"a second VM was deployed onto {machine.name}:\n{cloud.explain(second)}"
+    oned_offset = cloud.fe.log_size("oned.log")
     if operation == "terminate":
         cloud.action("terminate", second)
     else:
         cloud.one.vm.recover(second, 3)
-    cloud.wait_vm(second, "DONE", timeout=ACTION_WAIT_S)
+    cloud.wait_vm(second, "DONE")
+    cleanup = cloud.wait_cleanup(second, oned_offset)       # DONE comes before the TM delete
     record = machine.record()
     problems = []
     if cloud.state(vm) != "RUNNING":
@@ -371,6 +372,6 @@ def test_a_refused_second_vm_leaves_the_running_tenant_untouched(cloud, fleet, t
         problems.append(f"bmm records {record.state}/{record.vm_id}, not active/{vm}")
     if machine.vm_lvs(vm) != lvs:
         problems.append(f"its LVs changed: {lvs} -> {machine.vm_lvs(vm)}")
-    assert not problems, (f"{operation} of refused VM {second} disturbed VM {vm} on {machine.name}: "
+    assert not problems, (f"{operation} of refused VM {second} ({cleanup}) disturbed VM {vm} on {machine.name}: "
                           f"{'; '.join(problems)}\n{machine.describe()}\n{cloud.explain(second)}")
 
