@@ -126,7 +126,7 @@ def write_lab(root: Path, machines: int, port: int, periods: dict) -> Path:
         inventory = "{root / 'nodes.toml'}"
         state_db = "{state / 'state.db'}"
         [kinds]
-        slow = {{ vmm = "tests.fakekind:FakeDriver", im = "tests.slowkind:SlowReport" }}
+        slow = "tests.slowkind:SlowKind"
         """))
     return config
 

@@ -36,8 +36,6 @@ def specs(extra: dict | None = None) -> dict[str, KindSpec]:
     """Built-in kinds plus bmm.toml [kinds] (name -> "module:Class")."""
     out = dict(BUILTIN)
     for name, value in (extra or {}).items():
-        if isinstance(value, dict) and isinstance(value.get("vmm"), str):
-            value = value["vmm"]
         if not isinstance(value, str):
             raise ConfigError(f'bmm.toml [kinds] {name} must be "package.module:Class" (one class with the '
                               "kind's VMM, TM and IM faces)")

@@ -26,9 +26,11 @@ from bmm.opennebula.args import check_host_name, parse_id
 from bmm.opennebula.xmlsafe import parse_xml
 from im_drivers import hosts
 from im_drivers.messages import payloads
-from im_drivers.registry import report_class
+from im_drivers.report import HostReport
 
-START_TYPES = ("SYSTEM_HOST", "MONITOR_HOST", "BEACON_HOST", "STATE_VM", "MONITOR_VM")
+# What START_MONITOR answers at once: nothing that asks a BMC or an OS (a hung BMC must not
+# hold the control script until one_im_sh gives up); the daemon sends the VMs' states.
+START_TYPES = ("SYSTEM_HOST", "MONITOR_HOST", "BEACON_HOST")
 MAX_PERIOD_S = 86400
 
 
@@ -62,7 +64,7 @@ def build_report(config, node_name: str):
         store = open_store(config=config)
     except (BmmError, OSError):
         store = None
-    return report_class(node.kind, config)(node, config, store)
+    return HostReport(node, config, store)
 
 
 def ensure_daemon(config) -> None:

@@ -391,6 +391,18 @@ class Scheduler:
         os.replace(tmp, self.status_path)
 
 
+def load_kinds(config) -> None:
+    """Import every kind's class before the first probe: an import (a second or more for a
+    kind with heavy dependencies) inside a probe would make it miss its deadline."""
+    from bmm.kinds import kind_class, specs
+
+    for name in specs(config.kinds):
+        try:
+            kind_class(name, config)
+        except BmmError as exc:
+            log.info("kind %s not loaded: %s", name, exc.reason)
+
+
 def main() -> None:
     try:
         config = load_config()
@@ -416,6 +428,7 @@ def main() -> None:
                 log.warning("node %s was left %s by a process that is gone: now in error", node, old)
         except (BmmError, OSError) as exc:
             log.warning("state recovery failed: %s", exc)
+        load_kinds(config)
         try:
             scheduler.run()
         finally:

@@ -9,10 +9,10 @@ from the power state and whether the machine answers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from bmm import __version__
+from bmm.state import ACTIVE
 
 HYPERVISOR = "bmm"
 
@@ -36,8 +36,8 @@ class HostReport:
         self.node = node
         self.config = config
         self.state_store = state_store
-        if kind is not None:
-            self.kind = kind
+        self._kind = kind
+        self._vms: list[VmReport] | None = None
 
     def system_host(self) -> list[tuple[str, Any]]:
         n = self.node
@@ -73,14 +73,16 @@ class HostReport:
         record = self.record()
         return self.kind.used_disk_mb(record) if record is not None else 0
 
-    @cached_property
+    @property
     def kind(self):
         """The node's machine kind, which owns what its instance is doing."""
-        from bmm.opennebula.reply import Reporter
-        from bmm.kinds import kind_class
+        if self._kind is None:
+            from bmm.kinds import kind_class
+            from bmm.opennebula.reply import Reporter
 
-        return kind_class(self.node.kind, self.config, node_name=self.node.name)(
-            self.node, self.config, Reporter(live=False))
+            self._kind = kind_class(self.node.kind, self.config, node_name=self.node.name)(
+                self.node, self.config, Reporter(live=False))
+        return self._kind
 
     def record(self):
         if self.state_store is None:
@@ -88,10 +90,12 @@ class HostReport:
         return self.state_store.get(self.node.name)
 
     def monitor_host(self) -> list[tuple[str, Any]]:
-        """A bare-metal host is either wholly given to an instance or idle."""
+        """A bare-metal host is either wholly given to an instance or idle: busy while bmm's
+        record says its instance is active (no BMC or OS is asked for this)."""
         total_cpu = int(self.node.cpus or 0) * 100
         total_mem = int(self.node.memory_mb or 0) * 1024
-        busy = any(vm.state == "RUNNING" for vm in self.vms())
+        record = self.record()
+        busy = record is not None and record.vm_id is not None and record.state == ACTIVE
         return [
             ("HYPERVISOR", HYPERVISOR),
             ("USEDCPU", total_cpu if busy else 0),
@@ -103,20 +107,20 @@ class HostReport:
         ]
 
     def vms(self) -> list[VmReport]:
-        return self._instances
-
-    @cached_property
-    def _instances(self) -> list[VmReport]:
         """The node's instance, as its kind observes it (the same answer poll gives), with
         the kind's record following what it saw (act=True); observed once per report.
         Nothing while an action is in flight or the state cannot be told: the action owns the
-        VM's state, and a RUNNING sent during BOOT would make oned think the deploy finished."""
-        record = self.record()
-        if record is None or record.vm_id is None:
-            return []
-        state = self.kind.instance_state(record, act=True)
-        if state is None:
-            return []
-        memory = int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0
-        return [VmReport(record.vm_id, self.kind.deploy_id(record.vm_id), str(state),
-                         {"CPU": 0, "MEMORY": memory})]
+        VM's state, and a RUNNING sent during BOOT would make oned think the deploy finished.
+
+        Cached by hand: Python 3.11's functools.cached_property holds one lock for every
+        instance, so one report hung on its BMC would block every other host's report."""
+        if self._vms is None:
+            self._vms = self._observe()
+        return self._vms
+
+    def _observe(self) -> list[VmReport]:
+        out = []
+        for vm_id, state in self.kind.reported_instances(self.record(), act=True):
+            memory = int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0
+            out.append(VmReport(vm_id, self.kind.deploy_id(vm_id), str(state), {"CPU": 0, "MEMORY": memory}))
+        return out

@@ -1,7 +1,7 @@
 """A test-only machine kind: a 'machine' is a JSON file (its power and the disks on it), so the
 protocol tests can prove the full life cycle through the real remote scripts without hardware.
 The node's state and ownership live in bmm's state database, exactly as for a real kind.
-Configured in the test bmm.toml as `[kinds] fake = {vmm = "tests.fakekind:FakeDriver", im = "tests.fakekind:FakeReport"}`."""
+Configured in the test bmm.toml as `[kinds] fake = "tests.fakekind:FakeKind"`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 
 from bmm.errors import BmmError
 from bmm.state import ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, OFF, PROVISIONED, REBOOTING, STOPPING
-from im_drivers.report import HostReport, VmReport
-from vmm_drivers.base import Kind
+from vmm_drivers.base import InstanceState, Kind
 
 
 def machine_file(config, node_name: str) -> Path:
@@ -29,7 +28,7 @@ def write_machine(config, node_name: str, data: dict) -> None:
     machine_file(config, node_name).write_text(json.dumps(data))
 
 
-class FakeDriver(Kind):
+class FakeKind(Kind):
     kind = "fake"
 
     def _update(self, call, **changes):
@@ -87,13 +86,8 @@ class FakeDriver(Kind):
         self._update(call, power="off", disks=disks)
         step.go(CLEANING, AVAILABLE, reason="deleted")
 
-
-class FakeReport(HostReport):
-    def vms(self):
-        record = self.record()
-        if record is None or record.vm_id is None or record.state not in (ACTIVE, OFF):
-            return []
-        data = read_machine(self.config, self.node.name)
-        state = "RUNNING" if data["power"] == "on" else "POWEROFF"
-        return [VmReport(record.vm_id, f"bmm-{self.node.name}-{record.vm_id}", state,
-                         {"CPU": 0, "MEMORY": self.node.memory_mb * 1024})]
+    def instance_state(self, record, *, act=False):
+        if record.vm_id is None or record.state not in (ACTIVE, OFF):
+            return None
+        on = read_machine(self.config, self.node.name)["power"] == "on"
+        return InstanceState.RUNNING if on else InstanceState.POWEROFF

@@ -84,7 +84,7 @@ class OpenNebula:
             lock_wait_s = 5
             {settings}
             [kinds]
-            fake = {{ vmm = "tests.fakekind:FakeDriver", im = "tests.fakekind:FakeReport" }}
+            fake = "tests.fakekind:FakeKind"
             {kinds}
             """))
 

@@ -2,8 +2,7 @@
 an exception. It fakes the machine at the power boundary only; the daemon that probes it, the
 payloads and the wire format are the real ones.
 
-Configured as `[kinds] slow = { vmm = "tests.fakekind:FakeDriver", im = "tests.slowkind:SlowReport" }`
-(the machine driver only answers what the report asks it about the node's disks). A node's behaviour is the
+Configured as `[kinds] slow = "tests.slowkind:SlowKind"`. A node's behaviour is the
 JSON file `<state dir>/slow-<node>.json`, read at every probe so a test can change it while the
 daemon runs (absent: no instance, answers at once):
     vm      the instance it holds (reported RUNNING or POWEROFF), or null
@@ -21,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from im_drivers.report import HostReport, VmReport
+from tests.fakekind import FakeKind
+from vmm_drivers.base import InstanceState
 
 HANG_S = 3600.0
 _never = threading.Event()
@@ -67,9 +67,11 @@ def behaviour(state_dir: Path, node: str) -> dict:
     return cached[1]
 
 
-class SlowReport(HostReport):
+class SlowKind(FakeKind):
+    """Its instance and power come from the behaviour file, not from the state database: a
+    thousand simulated machines need no records."""
 
-    def vms(self):
+    def reported_instances(self, record, *, act=False):
         state_dir = Path(self.config.state_db).parent
         b = behaviour(state_dir, self.node.name)
         if b.get("count"):
@@ -83,6 +85,4 @@ class SlowReport(HostReport):
             time.sleep(b["delay"])
         if b.get("vm") is None:
             return []
-        state = "RUNNING" if b.get("power", "on") == "on" else "POWEROFF"
-        return [VmReport(b["vm"], f"bmm-{self.node.name}-{b['vm']}", state,
-                         {"CPU": 0, "MEMORY": int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0})]
+        return [(b["vm"], InstanceState.RUNNING if b.get("power", "on") == "on" else InstanceState.POWEROFF)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 from typing import Any
 
 from bmm.config import Config
@@ -261,10 +260,15 @@ class Kind:
         self.name = node.name
         self.config = config
         self.reporter = reporter
+        self._store: StateStore | None = None
 
-    @cached_property
+    @property
     def store(self) -> StateStore:
-        return open_store(config=self.config)
+        # not functools.cached_property: in Python 3.11 it takes one lock for all instances,
+        # so the monitor's concurrent probes would queue behind each other
+        if self._store is None:
+            self._store = open_store(config=self.config)
+        return self._store
 
     def perform(self, action: str, call):
         method = getattr(self, action)
@@ -308,6 +312,14 @@ class Kind:
         the IM both call this. With act, the kind may also make its record follow what it
         observed (the monitor does; a poll by hand never changes anything)."""
         raise not_supported("monitoring of this machine kind")
+
+    def reported_instances(self, record: NodeRecord | None, *, act: bool = False) -> list[tuple[int, InstanceState]]:
+        """What the IM reports for this node: (vm id, state) of its instance, when there is
+        something definite to say (see instance_state)."""
+        if record is None or record.vm_id is None:
+            return []
+        state = self.instance_state(record, act=act)
+        return [(record.vm_id, state)] if state is not None else []
 
     def used_disk_mb(self, record: NodeRecord) -> int:
         """Disk the node's instance occupies, for the host's USED disk."""

@@ -173,7 +173,7 @@ def test_monitoring_reports_the_instance_from_power_and_what_answers(world):
     available. The instance RUNNING case is in test_full_life_cycle and test_state_follows."""
     from bmm.inventory import node_for_host
     from im_drivers.messages import payloads
-    from im_drivers.registry import report_class
+    from im_drivers.report import HostReport
     from bmm.opennebula import template
 
     lab, one, user_key, image, tmp = world
@@ -183,10 +183,10 @@ def test_monitoring_reports_the_instance_from_power_and_what_answers(world):
     store = open_store(config=config)
 
     def state_vm():
-        report = report_class(node.kind, config)(node, config, store)
+        report = HostReport(node, config, store)
         return template.parse(payloads(report, ("STATE_VM",))["STATE_VM"])
 
-    report = report_class(node.kind, config)(node, config, store)
+    report = HostReport(node, config, store)
     system = dict(template.parse(payloads(report, ("SYSTEM_HOST",))["SYSTEM_HOST"]))
     assert system["TOTALCPU"] == str(node.cpus * 100) and system["HYPERVISOR"] == "bmm"
     assert state_vm() == []                                      # available: no instance

@@ -19,7 +19,7 @@ from tests import slowkind
 from tests.monitord import Blackhole, Monitord
 from tests.onemock import OpenNebula
 
-SLOW_KIND = 'slow = { vmm = "tests.fakekind:FakeDriver", im = "tests.slowkind:SlowReport" }'
+SLOW_KIND = 'slow = "tests.slowkind:SlowKind"'
 FAST = {"BEACON_HOST": 1, "STATE_VM": 1, "MONITOR_VM": 2, "MONITOR_HOST": 2, "SYSTEM_HOST": 2}
 TOLERANCE_S = 0.5           # over a period, for the gap between two messages of one type
 WINDOW_S = 20.0

@@ -372,7 +372,7 @@ def test_kinds_added_in_bmm_config_need_no_boot_table(tmp_path, monkeypatch):
     assert problem.field == "kind" and "bmm.toml [kinds]" in problem.message
     assert validate_inventory(path, extra_kinds=("fake",)) == []
     cfg = tmp_path / "bmm.toml"
-    cfg.write_text('[kinds]\nfake = "tests.fakekind:FakeDriver"\n')
+    cfg.write_text('[kinds]\nfake = "tests.fakekind:FakeKind"\n')
     monkeypatch.setenv("BMM_CONFIG", str(cfg))
     node = load_node("fake01", path)
     assert node.kind == "fake" and node.boot is None and node.to_dict()["boot"] == {}
