@@ -471,11 +471,30 @@ def _more(problems: list[Problem]) -> str:
     return f" (and {len(problems) - 1} more; run `bmm nodes validate`)"
 
 
+_parsed: dict[tuple, Inventory] = {}
+
+
 def load_node(name: str, path: str | os.PathLike | None = None, *,
               extra_kinds: tuple[str, ...] | None = None) -> Node:
     """One node (ConfigError when it is missing, has problems, or the file is unreadable).
-    Problems of other nodes do not matter here."""
-    return load_inventory(path, strict=False, extra_kinds=extra_kinds).get(name)
+    Problems of other nodes do not matter here.
+
+    The parsed file is kept while its identity (inode, size, mtime) stays the same: the
+    monitor daemon asks for every node every few seconds, and a thousand-node inventory is
+    not re-read and re-checked for each (nodes are immutable, so sharing them is safe)."""
+    path = Path(path) if path else inventory_path()
+    kinds = _extra_kinds(extra_kinds)
+    try:
+        st = path.stat()
+    except OSError:
+        return load_inventory(path, strict=False, extra_kinds=kinds).get(name)
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, kinds)
+    inventory = _parsed.get(key)
+    if inventory is None:
+        inventory = load_inventory(path, strict=False, extra_kinds=kinds)
+        _parsed.clear()
+        _parsed[key] = inventory
+    return inventory.get(name)
 
 
 def node_for_host(config: Config, host: str) -> Node:
