@@ -33,3 +33,46 @@ def require_lab(*tools: str) -> None:
     missing = missing_lab_requirements(*tools)
     if missing:
         pytest.skip("lab test needs " + ", ".join(missing))
+
+
+def stop_monitor_daemon(state_dir, timeout: float = 10.0) -> None:
+    """Stop the bmm monitor daemon an IM start spawned for this state dir: wait for its pid
+    file while it starts, SIGTERM it, wait for it to exit, SIGKILL it if it does not."""
+    import fcntl
+    import signal
+    import time
+
+    monitor = Path(state_dir) / "monitor"
+    pid_file, lock_file = monitor / "daemon.pid", monitor / "daemon.lock"
+    deadline = time.monotonic() + timeout
+
+    def running() -> bool:
+        try:
+            with open(lock_file) as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                return False
+        except FileNotFoundError:
+            return False
+
+    pid = None
+    while time.monotonic() < deadline:
+        try:
+            pid = int(pid_file.read_text())
+            break
+        except (FileNotFoundError, ValueError):
+            if not running() and time.monotonic() > deadline - timeout + 3:
+                return                 # none started (or already gone)
+            time.sleep(0.1)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        while time.monotonic() < deadline + timeout:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

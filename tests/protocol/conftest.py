@@ -3,6 +3,7 @@ import textwrap
 import pytest
 
 from tests.onemock import OpenNebula
+from tests.support import stop_monitor_daemon
 
 
 @pytest.fixture
@@ -34,15 +35,4 @@ def one(tmp_path, inventory):
     """OpenNebula's drivers around an installed bmm; no monitor daemon survives the test."""
     one = OpenNebula(tmp_path / "one", inventory)
     yield one
-    import os
-    import signal
-    import time
-    pid_file = one.state_dir / "monitor" / "daemon.pid"
-    for _ in range(50):
-        if not pid_file.exists():
-            return
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except (ValueError, ProcessLookupError):
-            return
-        time.sleep(0.1)
+    stop_monitor_daemon(one.state_dir)

@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 from tests.onemock import OpenNebula, drv_action, vm_xml
+from tests.support import stop_monitor_daemon
 from vmm_drivers.base import TM_ACTIONS, VMM_ACTIONS
 
 HOST = "fake01"
@@ -67,16 +68,7 @@ def world(tmp_path_factory):
     (one.datastores / "101").mkdir(parents=True, exist_ok=True)
     os.symlink(outside, one.datastores / "101" / "escape")
     yield one, tmp
-    _stop_daemon(one)
-
-
-def _stop_daemon(one):
-    import signal
-    pid_file = one.state_dir / "monitor" / "daemon.pid"
-    try:
-        os.kill(int(pid_file.read_text()), signal.SIGTERM)
-    except (OSError, ValueError):
-        pass
+    stop_monitor_daemon(one.state_dir)
 
 
 def snapshot(one) -> dict:

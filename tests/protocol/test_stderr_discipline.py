@@ -16,7 +16,7 @@ from lxml import etree
 from bmm.config import load_config
 from bmm.state import open_store
 from tests.onemock import OpenNebula, drv_action, vm_xml
-from tests.support import require_lab
+from tests.support import require_lab, stop_monitor_daemon
 
 HOST = "deadbmc"
 
@@ -64,12 +64,7 @@ def one(tmp_path):
     store.transition(HOST, "deploying", vm_id=5)
     store.transition(HOST, "active", vm_id=5)
     yield one
-    import os
-    import signal
-    try:
-        os.kill(int((one.state_dir / "monitor" / "daemon.pid").read_text()), signal.SIGTERM)
-    except (OSError, ValueError):
-        pass
+    stop_monitor_daemon(one.state_dir)
 
 
 def test_a_failing_vmm_action_writes_exactly_its_cause(one):
@@ -89,15 +84,19 @@ def test_poll_says_unknown_when_neither_the_bmc_nor_the_os_answers(one):
     assert ex.returncode == 0 and ex.stdout == "STATE=-\n" and ex.stderr == ""
 
 
-def test_im_start_is_a_document_even_when_the_bmc_is_away(one):
+def test_im_start_is_a_document_at_once_even_when_the_bmc_is_away(one):
+    """START_MONITOR asks no BMC (the daemon reports the VMs): a BMC that does not answer
+    (its retries take 12 s here) never holds the answer, which is a document only."""
+    import time
     config = ("<MONITOR_CONFIGURATION><NETWORK><MONITOR_ADDRESS>127.0.0.1</MONITOR_ADDRESS><PORT>4124</PORT>"
               "</NETWORK></MONITOR_CONFIGURATION>")
+    started = time.monotonic()
     ex = one.im(["bmm", "3", HOST], config)
     assert ex.returncode == 0, ex.stderr
+    assert time.monotonic() - started < 6
     merged = ex.stdout + ex.stderr                      # run_monitord_client: 2>&1
     root = etree.fromstring(merged.strip().encode())
     assert root.tag == "MONITOR_MESSAGES" and root.find("SYSTEM_HOST") is not None
-    assert "transient failure" in (one.state_dir / "bmm.log").read_text()
 
 
 def test_shutdown_with_the_bmc_away_ends_in_a_stable_state(one):
