@@ -25,7 +25,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +83,11 @@ class LocalDiskKind(Kind):
         super().__init__(node, config, reporter)
         self._parts = parts
 
-    @cached_property
+    @property
     def parts(self) -> Parts:
-        return self._parts or Parts.of(self.node)
+        if self._parts is None:
+            self._parts = Parts.of(self.node)
+        return self._parts
 
     @property
     def power(self):
