@@ -48,10 +48,11 @@ class TimeoutExpired(TransientError):
 
 
 class NotSupported(BmmError):
-    """An OpenNebula action that bare metal cannot honour."""
+    """An OpenNebula action that bare metal cannot honour. The words "not supported" come
+    first: oned keeps only the first 100 characters of an error in the VM's ERROR."""
 
-    def __init__(self, action: str):
-        super().__init__(f"{action} is not supported on bare metal")
+    def __init__(self, action: str, advice: str = ""):
+        super().__init__(f"{action} is not supported on bare metal" + (f": {advice}" if advice else ""))
         self.action = action
 
 

@@ -278,8 +278,8 @@ class Kind:
             if vm is not None and vm.lcm_state == SHUTDOWN_UNDEPLOY:
                 # refused before the power-off: oned would power the instance off, then fail
                 # its TM mv, and only `recover --delete` would get out
-                raise NotSupported("undeploy (the instance's disks live on the machine; "
-                                   "use poweroff or terminate)")
+                raise NotSupported("undeploy", "the instance's disks live on the machine; "
+                                   "use poweroff or terminate")
         if access is None:
             return method(call)
         if access.readonly:
