@@ -20,18 +20,21 @@ Design (the measurements that chose it are in docs/storage.md, `benchmarks/image
     LocalExecutor); the slowest, needs nothing beyond the control session.
 - **The stream** is version 1's (bmm.storage.stream: D/Z records, zero runs never sent, a Z
   for every skipped range and for the tail) with `S 2 <size>`, one chunk per D record, and a
-  trailer after E: `H 64 0` + the hex HMAC-SHA256 of every byte from S to E, under a fresh
-  256-bit key that only the control record carries. So whoever can alter the data on the
-  wire (and can read the bearer token there) cannot forge the trailer; headers are covered
-  too, so a dropped Z record (old bytes left in place) fails like altered data. HMAC-SHA256
-  costs what SHA-256 costs. The receiver writes as data arrives and, after E, compares; on a
-  mismatch it exits 5 ("bmm-recv: corrupt: checksum mismatch") *before* its fsync and
-  without an OK, and the copy raises BmmError. Only `OK <data> <zero> <mac> python`, after
-  an fsync, with the totals and MAC the sender expects, is a success.
-- Failures: a stream that ends early, a killed receiver, a lost link or a stalled peer (every
-  wait has a deadline) raise TransientError; the caller removes the LV. The device is checked
-  by the receiver itself (a block device of at least `size` bytes), at open, in the same
-  round trip.
+  trailer after E: `H 64 0` + hex HMAC-SHA256(key, SHA-256 of every byte from S to E), under
+  a fresh 256-bit key that only the control record carries. Whoever can alter the data on the
+  wire (and read the bearer token there) cannot forge the trailer, and would need a second
+  SHA-256 preimage to keep the digest; headers are covered, so a dropped Z record (old bytes
+  left in place) fails like altered data. The digest is unkeyed, so the front-end can
+  remember it (bmm.storage.digests) and skip hashing the next copy of the same stream; the
+  node always hashes. The receiver writes as data arrives (aligned records O_DIRECT, the
+  rest buffered) and refuses a record outside the target at once; after E it compares: on
+  a mismatch it exits 5 ("bmm-recv: corrupt: checksum mismatch") *before* its fsync and
+  without an OK, and the copy raises BmmError. Only `OK <data> <zero> <sha256> python`, after
+  an fsync, with the totals and digest the sender expects, is a success.
+- Failures: a stream that ends early, a killed receiver or ssh client, a lost link or a
+  stalled peer (every wait has a deadline) raise TransientError; the caller removes the LV.
+  The receiver checks the device itself (a block device of at least `size` bytes) as it opens
+  it, in the same round trip.
 """
 
 from __future__ import annotations
@@ -205,6 +208,8 @@ data = zeroed = 0
 try:
     while True:
         op, a, b = header()
+        if op in (b"D", b"Z") and a + b > ctl["size"]:
+            fail("fatal", "record outside the target (%d+%d of %d bytes)" % (a, b, ctl["size"]), 2)
         if op == b"D":
             pos, left = a, b
             while left:

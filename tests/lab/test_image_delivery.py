@@ -27,6 +27,7 @@ from bmm.errors import BmmError, TransientError
 from bmm.storage import chain, delivery
 from bmm.storage.digests import DigestCache, source_files
 from bmm.storage.image import inspect_image
+from bmm.storage.stream import record
 from bmm.transport.oneshot import session_addresses
 from tests.lab.lvm_support import MiB
 from tests.lab.node_support import node_lv, node_lv_bytes, node_session
@@ -238,13 +239,15 @@ class Tamper:
         return self.bulk.run_stream_in(argv, flipped, timeout=timeout)
 
 
-class TamperedSsh(delivery.SshTransport):
-    def __init__(self, at: int):
+class WrappedSsh(delivery.SshTransport):
+    """The OpenSSH transport with its executor wrapped (Tamper and kin)."""
+
+    def __init__(self, wrap):
         super().__init__()
-        self.at = at
+        self.wrap = wrap
 
     def executor(self, job):
-        return Tamper(super().executor(job), self.at)
+        return self.wrap(super().executor(job))
 
 
 class KilledSsh(delivery.SshTransport):
@@ -330,7 +333,7 @@ def test_a_stream_altered_on_its_way_is_refused(node, target, images, transport)
         proxy = Proxy(session_addresses(session)[0], flip=MiB)
         carrier = ProxiedHttp(proxy)
     elif transport == "ssh":
-        carrier = TamperedSsh(at=MiB)
+        carrier = WrappedSsh(lambda bulk: Tamper(bulk, at=MiB))
     else:
         carrier, ex = "session", Tamper(session, at=MiB)
     try:
@@ -368,6 +371,27 @@ def test_a_forged_or_missing_trailer_is_refused(node, target, images):
     with pytest.raises(TransientError, match="stream ended early"):
         delivery.deliver_image(Rewrite(session, drop=True), path, fmt, dev, lv.size, transport="session")
     assert not isinstance(forged.value, TransientError)
+
+
+def test_a_record_outside_the_target_is_refused_before_it_is_written(node, target, images):
+    """The MAC is checked at the end; a record aimed past the LV is refused when it arrives.
+    (Through OpenSSH: over the session transport SshSession reports a receiver that exits
+    mid-stream as a lost link, without its reason.)"""
+    lab, name, session = node
+    lv, dev = target
+    path, fmt, want = images[1]["full"]
+
+    class Misaimed(Tamper):
+        def run_stream_in(self, argv, source, *, timeout):
+            def moved():
+                piece = source()
+                if piece is not None and bytes(piece[:2]) == b"D " and len(piece) == 44:
+                    return record("D", lv.size, int(bytes(piece).split()[2]))
+                return piece
+            return self.bulk.run_stream_in(argv, moved, timeout=timeout)
+    with pytest.raises(BmmError, match="record outside the target") as err:
+        delivery.deliver_image(session, path, fmt, dev, lv.size, transport=WrappedSsh(lambda b: Misaimed(b, at=-1)))
+    assert not isinstance(err.value, TransientError)
 
 
 def test_the_copy_secrets_are_in_no_argv_environment_or_error(node, target, images, monkeypatch):
