@@ -74,6 +74,11 @@ BOARD_ROOT = "/mnt/root"      # the board's root: sshd ChrootDirectory
 ROOT_KINDS = ("nfs", "tmpfs", "/dev/sda1")
 SDA_SIZE = 256 * 1024 * 1024
 TMPFS_SIZE = "512m"
+# What a booted board's OS reads about its hardware (emulated; BoardInit.hardware_view).
+BOARD_CPUS = 64                  # the TILEPro64's 8x8 tiles
+BOARD_MHZ = 866
+BOARD_MEMORY_MB = 16384          # the inventory's figure
+BOARD_SEEN_MEMORY_KB = 16218 * 1024   # what its Linux sees (the blueprint's memory_mb)
 REPO = str(Path(__file__).resolve().parents[2])
 
 FETCH_TIMEOUT = 15.0
@@ -932,6 +937,21 @@ def _resolve_in_root(root: str, path: str, depth: int = 0) -> str | None:
     return root + (cur or "/")
 
 
+def tile_cpuinfo(cpus: int = BOARD_CPUS, mhz: int = BOARD_MHZ) -> str:
+    """/proc/cpuinfo as a TILEPro64 Linux writes it (the layout of arch/tile/kernel/proc.c:
+    one header, then one `processor` line per tile)."""
+    head = (f"cpu count\t: {cpus}\ncpu list\t: 0-{cpus - 1}\nmodel name\t: TILEPro64\n"
+            f"flags\t\t:\ncpu MHz\t\t: {mhz}.000000\nbogomips\t: {2 * mhz - 0.42:.2f}\n\n")
+    return head + "\n\n".join(f"processor\t: {n}" for n in range(cpus)) + "\n"
+
+
+def board_meminfo(total_kb: int = BOARD_SEEN_MEMORY_KB) -> str:
+    free = total_kb * 9 // 10
+    return (f"MemTotal:       {total_kb:8d} kB\nMemFree:        {free:8d} kB\n"
+            f"MemAvailable:   {free:8d} kB\nBuffers:               0 kB\nCached:                0 kB\n"
+            "SwapTotal:             0 kB\nSwapFree:              0 kB\n")
+
+
 class BoardInit:
     def __init__(self, spec: dict):
         self.spec = spec
@@ -983,6 +1003,33 @@ class BoardInit:
         proc = BOARD_ROOT + "/proc"
         if os.path.isdir(proc):
             _sh("mount", "-t", "proc", "proc", proc)
+            self.hardware_view()
+
+    def hardware_view(self) -> None:
+        """What the board's OS reads about its hardware, in place of this host's: a TILEPro64
+        /proc/cpuinfo and /proc/meminfo (files bound over procfs's), and a read-only sysfs of
+        the board's netns (its own eth0) whose PCI bus and DMI are empty and whose only
+        disk is sda, the size of the lab's sda1 image."""
+        for name, text in (("cpuinfo", tile_cpuinfo()), ("meminfo", board_meminfo())):
+            view = f"{BOARD_MNT}/{name}"
+            with open(view, "w") as f:
+                f.write(text)
+            _sh("mount", "--bind", "-o", "ro", view, f"{BOARD_ROOT}/proc/{name}")
+        sys_dir = BOARD_ROOT + "/sys"
+        if not os.path.isdir(sys_dir):
+            return
+        _sh("mount", "-t", "sysfs", "-o", "ro", "sysfs", sys_dir)
+        for masked in ("bus/pci/devices", "class/dmi/id"):
+            if os.path.isdir(f"{sys_dir}/{masked}"):
+                _sh("mount", "-t", "tmpfs", "-o", "ro,mode=0755,size=16k", "bmmboard", f"{sys_dir}/{masked}")
+        block = f"{sys_dir}/block"
+        _sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "bmmboard", block)
+        for rel, value in (("sda/size", SDA_SIZE // 512), ("sda/removable", 0), ("sda/ro", 0),
+                           ("sda/queue/rotational", 1), ("sda/device/model", "bmm lab sda1.img")):
+            os.makedirs(os.path.dirname(f"{block}/{rel}"), exist_ok=True)
+            with open(f"{block}/{rel}", "w") as f:
+                f.write(f"{value}\n")
+        _sh("mount", "-o", "remount,ro", block)
 
     def users(self) -> None:
         chroot_users(BOARD_ROOT, BOARD_MNT, _sh)
@@ -1160,8 +1207,8 @@ def inventory(lab: dict, node: dict) -> dict:
         "kind": "netboot",
         "arch": "tilepro64",
         "model": "TILEmpower (bmm lab board)",
-        "cpus": 64,
-        "memory_mb": 16384,
+        "cpus": BOARD_CPUS,
+        "memory_mb": BOARD_MEMORY_MB,
         "disk_gb": 1,
         "ip": node["addr"],
         "ssh": {

@@ -5,8 +5,9 @@ The daemon starts it as `ip netns exec <ns> unshare --pid --fork --kill-child --
 builds the node's private mounts, then runs sshd -D as the node's only service.
 
 - home OS: this host's userland; the server's boot dir bind-mounted on /boot; shims for
-  reboot/poweroff/halt/shutdown (and, without device-mapper, the LVM activation wrappers)
-  laid over /usr/sbin with a read-only overlayfs.
+  reboot/poweroff/halt/shutdown and lspci (and, without device-mapper, the LVM activation
+  wrappers) laid over /usr/sbin with a read-only overlayfs; the server's emulated PCI view
+  bind-mounted over /sys/bus/pci/devices.
 - tenant OS: the LV's filesystem mounted on /mnt/root (a node-private tmpfs on /mnt), with
   /proc, a minimal /dev and the emulated one-context (ssh key, hostname); sshd serves it with
   ChrootDirectory.
@@ -124,6 +125,9 @@ class Init:
             sh("mount", "--bind", "/usr/sbin", spec["real_sbin"])   # the wrappers' way to the real tools
         if spec.get("shims_dir"):
             sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={spec['shims_dir']}:/usr/sbin", "/usr/sbin")
+        if spec.get("pci_devices") and os.path.isdir("/sys/bus/pci/devices"):
+            # the server's emulated PCI view (bmm.lab.server.write_pci_view), read-only
+            sh("mount", "--bind", "-o", "ro", spec["pci_devices"], "/sys/bus/pci/devices")
         # the node's own (empty) root home: the host's dotfiles (a shell rc that blocks on a
         # lock, a pyenv) are not the home OS's and must not run in every ssh command
         sh("mount", "-t", "tmpfs", "-o", "mode=0700,size=1m", "tmpfs", "/root")

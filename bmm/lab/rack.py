@@ -272,6 +272,7 @@ def _build_server(d: Path, lab: dict, node: dict, disk_bytes: int) -> None:
     _write_secret(Path(node["password_file"]), password)
     bmc.write_config(d, node, password)
     shims.write(node, d, dm=lab["dm"])
+    server.write_pci_view(node)
     Path(node["console"]).touch()
 
 
@@ -419,7 +420,7 @@ def inventory_dict(d: Path, lab: dict) -> dict:
                           "password_file": n["password_file"], "interface": "lanplus", "cipher_suite": 3},
                 "boot": {"method": "grub", "boot_dir": "/boot", "home_entry": "home"},
                 "storage": {"vg": n["vg"]},
-                "hardware": {"lab": f"bmm lab {lab['id']}"},
+                "hardware": {"lab": f"bmm lab {lab['id']}", **server.PCI_HARDWARE.get(n["n"], {})},
             }
         elif board_mod is not None and hasattr(board_mod, "inventory"):
             nodes[n["name"]] = board_mod.inventory(lab, n)

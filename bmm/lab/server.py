@@ -125,6 +125,100 @@ def write_boot_dir(boot_dir: Path) -> None:
     run(["grub-editenv", str(env), "set", "saved_entry=home"], timeout=10)
 
 
+# ------------------------------------------------------------------ the PCI view (emulated)
+# What a server's home OS finds in /sys/bus/pci/devices: a tree in the real sysfs file layout
+# (one directory per function holding vendor, device, class, subsystem_vendor, ...), which
+# nodeinit bind-mounts there, and an `lspci` in the node's shims dir that reads it. Every
+# server has a chipset, the BMC's bridge and VGA (class 0300 and no GPU) and an I350 NIC;
+# server1 adds an FPGA card and server2 a GPU. Entries are directories, not symlinks into
+# /sys/devices: under the bind mount a relative link would resolve into the real sysfs.
+
+PCI_COMMON = (
+    # address, vendor, device, class, subsystem vendor, subsystem device, revision
+    ("0000:00:00.0", "8086", "2020", "060000", "15d9", "0000", "07"),   # Sky Lake-E DMI3
+    ("0000:02:00.0", "1a03", "1150", "060400", "1a03", "1150", "04"),   # AST1150 bridge
+    ("0000:03:00.0", "1a03", "2000", "030000", "15d9", "1b95", "41"),   # ASPEED VGA (the BMC's)
+    ("0000:18:00.0", "8086", "1521", "020000", "15d9", "1521", "01"),   # I350 NIC
+)
+PCI_ACCELERATORS = {
+    1: ("0000:3b:00.0", "10ee", "5005", "120000", "10ee", "000e", "00"),   # Xilinx Alveo U250
+    2: ("0000:3b:00.0", "10de", "1db4", "030200", "10de", "1214", "a1"),   # NVIDIA Tesla V100
+}
+# What the lab inventory says about them ([hardware] facts, so inspection finds no mismatch).
+PCI_HARDWARE = {1: {"fpga": "Xilinx Alveo U250"}, 2: {"gpu": "NVIDIA Tesla V100 PCIe 16GB"}}
+
+LSPCI_SHIM = """#!{python} -I
+# bmm lab: `lspci` of {node}'s home OS (-n/-nn, -m/-mm, -D). It reads /sys/bus/pci/devices,
+# where the lab mounts the node's emulated PCI view, as lspci's sysfs access method does.
+import os, sys
+sys.path.insert(0, {repo!r})
+from bmm.inspect import pciids
+ROOT = "/sys/bus/pci/devices"
+flags = "".join(a[1:] for a in sys.argv[1:] if a.startswith("-") and not a.startswith("--"))
+if any(not a.startswith("-") or a.startswith("--") for a in sys.argv[1:]) or set(flags) - set("nmD"):
+    sys.stderr.write("lspci (bmm lab): only -n, -nn, -m, -mm and -D\\n")
+    sys.exit(2)
+numeric, machine, domain = flags.count("n"), flags.count("m"), "D" in flags
+ids = pciids.default()
+def read(dev, name):
+    try:
+        with open(os.path.join(ROOT, dev, name)) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+def word(name, num, unknown):
+    if numeric == 1:
+        return num
+    name = name or unknown
+    return "%s [%s]" % (name, num) if numeric else name
+for dev in sorted(os.listdir(ROOT)):
+    vendor, device = read(dev, "vendor")[2:], read(dev, "device")[2:]
+    klass = read(dev, "class")[2:]
+    sv, sd, rev = read(dev, "subsystem_vendor")[2:], read(dev, "subsystem_device")[2:], read(dev, "revision")[2:]
+    slot = dev if domain or not dev.startswith("0000:") else dev[5:]
+    cname = word(ids.class_name(klass[:4]), klass[:4], "Class")
+    vname = word(ids.vendor(vendor), vendor, "Vendor")
+    dname = word(ids.device(vendor, device), device, "Device")
+    if machine:
+        out = '%s "%s" "%s" "%s"' % (slot, cname, vname, dname)
+        if rev and rev != "00":
+            out += " -r" + rev
+        if klass[4:] and klass[4:] != "00":
+            out += " -p" + klass[4:]
+        if sv and sv != "0000":
+            out += ' "%s" "%s"' % (word(ids.vendor(sv), sv, "Vendor"), word(ids.device(sv, sd), sd, "Device"))
+        else:
+            out += ' "" ""'
+    else:
+        out = "%s %s: %s %s" % (slot, cname, vname, dname)
+        if rev and rev != "00":
+            out += " (rev %s)" % rev
+    print(out)
+"""
+
+
+def write_pci_view(node: dict) -> Path:
+    """Build the server's PCI tree (node["pci_devices"]) and its lspci shim."""
+    root = Path(node["dir"]) / "pci" / "devices"
+    functions = list(PCI_COMMON)
+    if node.get("n") in PCI_ACCELERATORS:
+        functions.append(PCI_ACCELERATORS[node["n"]])
+    for address, vendor, device, klass, sub_vendor, sub_device, revision in functions:
+        d = root / address
+        d.mkdir(parents=True, exist_ok=True)
+        for name, value in (("vendor", f"0x{vendor}"), ("device", f"0x{device}"), ("class", f"0x{klass}"),
+                            ("subsystem_vendor", f"0x{sub_vendor}"), ("subsystem_device", f"0x{sub_device}"),
+                            ("revision", f"0x{revision}"), ("numa_node", "0"), ("enable", "1")):
+            (d / name).write_text(value + "\n")
+    shim = Path(node["shims_dir"]) / "lspci"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    shim.write_text(LSPCI_SHIM.format(python=sys.executable, node=node["name"],
+                                      repo=str(Path(__file__).resolve().parents[2])))
+    shim.chmod(0o755)
+    node["pci_devices"] = str(root)
+    return root
+
+
 def host_pidns() -> str:
     return os.readlink("/proc/self/ns/pid")
 
@@ -337,7 +431,8 @@ class Server(Machine):
                    f"BMM_LAB_NODE={self.name} BMM_LAB_DIR={lab_dir}\n")
             conf = common + f"AuthorizedKeysFile {lab_dir / 'ssh' / 'authorized_keys'}\n" + env
             spec.update(mode="home", boot_dir=str(boot_dir), shims_dir=node["shims_dir"],
-                        real_sbin=node["real_sbin"], lvm_conf=str(Path(node["lvm_dir"]) / "lvm.conf"))
+                        real_sbin=node["real_sbin"], lvm_conf=str(Path(node["lvm_dir"]) / "lvm.conf"),
+                        pci_devices=node.get("pci_devices"))
             detail = f"home OS ({entry.describe()})"
         else:
             if entry.root_vg != node["vg"]:
