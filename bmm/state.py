@@ -27,6 +27,7 @@ Writes are short transactions (BEGIN IMMEDIATE, busy_timeout), made under the no
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -473,3 +474,79 @@ class StateStore:
                 self._check(current, target, _KEEP)
                 return self._write(conn, current, target, reason=reason or "maintenance off",
                                    error=current.last_error)
+
+    # ------------------------------------------------------------------ inspection (bmm.inspect)
+
+    def save_inspection(self, name: str, facts: dict, mismatches: list[str]) -> "InspectionRecord":
+        """Record a good inspection of the node (its facts and what disagreed), now."""
+        now = utcnow()
+        with self._writer() as conn:
+            conn.execute(_INSPECTION_SCHEMA)
+            conn.execute(
+                "INSERT INTO inspections (name, inspected_at, facts, mismatches, attempted_at, last_error)"
+                " VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(name) DO UPDATE SET"
+                " inspected_at = excluded.inspected_at, facts = excluded.facts,"
+                " mismatches = excluded.mismatches, attempted_at = excluded.attempted_at, last_error = NULL",
+                (name, now, json.dumps(facts, sort_keys=True), json.dumps(list(mismatches)), now))
+            row = conn.execute("SELECT * FROM inspections WHERE name = ?", (name,)).fetchone()
+        return _inspection_record(row)
+
+    def inspection_failed(self, name: str, error: str) -> "InspectionRecord":
+        """Record a failed attempt; the last good facts, if any, are kept."""
+        with self._writer() as conn:
+            conn.execute(_INSPECTION_SCHEMA)
+            conn.execute(
+                "INSERT INTO inspections (name, attempted_at, last_error) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET attempted_at = excluded.attempted_at,"
+                " last_error = excluded.last_error", (name, utcnow(), error))
+            row = conn.execute("SELECT * FROM inspections WHERE name = ?", (name,)).fetchone()
+        return _inspection_record(row)
+
+    def inspection(self, name: str) -> "InspectionRecord | None":
+        """The node's inspection record (None: never inspected). Never waits for a lock."""
+        with self._reader() as conn:
+            if conn is None or conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'inspections'").fetchone() is None:
+                return None
+            row = conn.execute("SELECT * FROM inspections WHERE name = ?", (name,)).fetchone()
+        return _inspection_record(row) if row is not None else None
+
+
+# ====================================================================== inspection records
+# What `bmm nodes inspect` read from each machine: one row per node holding the last good
+# inspection (facts as JSON, its time, the mismatches found against the inventory then) and
+# the last attempt's outcome, so a failed attempt never erases good facts. The table is its
+# own: StateStore's inspection methods create it on their first write.
+
+_INSPECTION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inspections (
+    name          TEXT PRIMARY KEY,
+    inspected_at  TEXT,
+    facts         TEXT,
+    mismatches    TEXT,
+    attempted_at  TEXT NOT NULL,
+    last_error    TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class InspectionRecord:
+    name: str
+    inspected_at: str | None          # the last good inspection (None: none succeeded yet)
+    facts: dict | None                # bmm.inspect.facts.Facts.to_dict()
+    mismatches: tuple[str, ...]       # against the inventory as it was then
+    attempted_at: str
+    last_error: str | None            # the last attempt failed (the facts, if any, are older)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mismatches"] = list(self.mismatches)
+        return data
+
+
+def _inspection_record(row: sqlite3.Row) -> InspectionRecord:
+    return InspectionRecord(name=row["name"], inspected_at=row["inspected_at"],
+                            facts=json.loads(row["facts"]) if row["facts"] else None,
+                            mismatches=tuple(json.loads(row["mismatches"] or "[]")),
+                            attempted_at=row["attempted_at"], last_error=row["last_error"])
