@@ -4,6 +4,10 @@ A bmm host is one machine. It reports its whole capacity (TOTALCPU = 100 per CPU
 in KiB), its disk as datastore space, and its hardware facts (architecture, model, FPGA and
 accelerators) so templates can require them. Its instance (at most one) is RUNNING or POWEROFF
 from the power state and whether the machine answers.
+
+Capacity and the inventory's [hardware] facts come from the inventory; when the machine was
+inspected (bmm.inspect), its real facts are added (PCI = [...] devices, BMM_FPGA, BMM_GPU,
+BMM_CPU_*, BMM_INSPECTION and BMM_INSPECTION_MISMATCH), never replacing the inventory's.
 """
 
 from __future__ import annotations
@@ -65,9 +69,30 @@ class HostReport:
             elif isinstance(value, dict):
                 continue
             pairs.append((_fact_key(key), value))
-        if hardware.get("fpga") or hardware.get("accelerators"):
+        inspected = self.inspected()
+        present = {key for key, _ in pairs}
+        for key, value in inspected:
+            if key == "CPUSPEED":
+                pairs = [(k, value if k == key and not v else v) for k, v in pairs]
+            elif key not in present:
+                pairs.append((key, value))
+        counts = dict(inspected)
+        if hardware.get("fpga") or hardware.get("accelerators") or any(
+                counts.get(k) for k in ("BMM_FPGA_COUNT", "BMM_GPU_COUNT", "BMM_ACCELERATOR_COUNT")):
             pairs.append(("BMM_ACCELERATED", "YES"))
         return pairs
+
+    def inspected(self) -> list[tuple[str, Any]]:
+        """What `bmm nodes inspect` read from the machine, as host attributes (nothing when
+        it was never inspected). The inventory keeps the last word: capacity is never taken
+        from here, and an inspected attribute the inventory already sets is dropped."""
+        record = self.state_store.inspection(self.node.name) if self.state_store is not None else None
+        if record is None or not record.facts:
+            return []
+        from bmm.inspect.attributes import host_attributes
+        from bmm.inspect.facts import Facts
+
+        return host_attributes(self.node, Facts.from_dict(record.facts), record.inspected_at)
 
     def used_disk_mb(self) -> int:
         record = self.record()

@@ -123,6 +123,7 @@ def cli():
       bmm nodes list
       bmm nodes list --json --no-power
       bmm nodes show node01
+      bmm nodes inspect --all
       bmm nodes import-tilera /tftpboot/tilera_boards -o /etc/one/bmm/nodes.toml
       bmm nodes maintenance on node01 --reason "replacing a DIMM"
       bmm nodes recover
@@ -270,7 +271,8 @@ def show(name, inventory, state_db, as_json, with_power, power_timeout, history_
                                 "since": rec.owner_since} if rec.transient else None),
                      "maintenance_reason": rec.maintenance_reason,
                      "locked_by": holder.describe() if holder else None,
-                     "history": history})
+                     "history": history,
+                     "inspection": _inspection_dict(store, node)})
         _emit_json(data)
         return
     click.echo(f"{node.name}  ({node.kind}, {node.arch}{', ' + node.model if node.model else ''})")
@@ -292,6 +294,7 @@ def show(name, inventory, state_db, as_json, with_power, power_timeout, history_
         click.echo("  hardware:")
         for key, value in thaw(node.hardware).items():
             click.echo(f"    {key} = {json.dumps(value, default=str)}")
+    _echo_inspection(store, node)
     _echo_history(history)
 
 
@@ -490,3 +493,132 @@ def _write_atomically(path: Path, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+# --------------------------------------------------------------------------- inspection
+
+def _inspected(store: StateStore, node: Node):
+    """(record, facts, mismatches against the inventory as it is now) or (record, None, [])."""
+    from bmm.inspect.diff import mismatches
+    from bmm.inspect.facts import Facts
+
+    record = store.inspection(node.name)
+    if record is None or not record.facts:
+        return record, None, []
+    facts = Facts.from_dict(record.facts)
+    return record, facts, mismatches(node, facts)
+
+
+def _inspection_dict(store: StateStore, node: Node) -> dict | None:
+    record, facts, found = _inspected(store, node)
+    if record is None:
+        return None
+    data = record.to_dict()
+    data["mismatches_at_inspection"] = data.pop("mismatches")
+    data["mismatches"] = [m.text for m in found]
+    data["summary"] = facts.summary() if facts else None
+    return data
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 10**9:.0f} GB" if size_bytes >= 10**9 else f"{size_bytes / 10**6:.0f} MB"
+
+
+def _facts_lines(facts) -> list[tuple[str, str]]:
+    c = facts.cpu
+    cpu = ", ".join(p for p in (c.model, c.arch, c.sockets and f"{c.sockets} sockets",
+                                c.cores and f"{c.cores} cores", c.threads and f"{c.threads} threads",
+                                c.mhz and f"{c.mhz:.0f} MHz") if p)
+    lines = [("cpu", cpu or "-"), ("memory", f"{facts.memory_mb} MB" if facts.memory_mb is not None else "-"),
+             ("disks", ", ".join(f"{d.name} {_size(d.size_bytes)}" for d in facts.disks) or "-"),
+             ("nics", ", ".join(f"{n.name} {n.mac} {n.state or '?'}" for n in facts.nics) or "-")]
+    summary = facts.summary()
+    for key in ("fpga", "gpu", "accelerators"):
+        if summary[key]:
+            lines.append((key, "; ".join(summary[key])))
+    if facts.firmware:
+        lines.append(("firmware", " ".join(f"{k}={v}" for k, v in sorted(facts.firmware.items()))))
+    if facts.bmc:
+        lines.append(("bmc", " ".join(f"{k}={v}" for k, v in sorted(facts.bmc.items()))))
+    return lines
+
+
+def _echo_inspection(store: StateStore, node: Node) -> None:
+    record, facts, found = _inspected(store, node)
+    if record is None:
+        click.echo(f"  inspection: never (run `bmm nodes inspect {node.name}`)")
+        return
+    if facts is None:
+        click.echo(f"  inspection: none succeeded; last attempt {record.attempted_at}: {record.last_error}")
+        return
+    click.echo(f"  inspection: {record.inspected_at}  ({'MISMATCH' if found else 'matches the inventory'})")
+    for key, text in _facts_lines(facts):
+        click.echo(f"    {key + ':':<10} {text}")
+    for m in found:
+        click.echo(f"    mismatch:  {m.text}")
+    if record.last_error:
+        click.echo(f"    last attempt {record.attempted_at} failed: {record.last_error}")
+
+
+def _outcome_line(outcome) -> str:
+    facts = outcome.facts
+    c = facts.cpu
+    parts = [f"{c.model or 'cpu ?'} x{c.threads or '?'}", f"{facts.memory_mb or '?'} MB",
+             f"{len(facts.disks)} disks", f"{len(facts.nics)} nics"]
+    summary = facts.summary()
+    parts += [f"{key} {', '.join(summary[key])}" for key in ("fpga", "gpu", "accelerators") if summary[key]]
+    verdict = ("MISMATCH: " + "; ".join(m.text for m in outcome.mismatches)) if outcome.mismatches \
+        else "matches the inventory"
+    return f"{outcome.name}: {'; '.join(parts)}; {verdict} ({outcome.seconds:.1f} s)"
+
+
+@cli.command("inspect")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_nodes", is_flag=True, help="Inspect every node of the inventory.")
+@inventory_option
+@state_db_option
+@json_option
+@click.option("--timeout", type=float, default=60.0, show_default=True, metavar="S",
+              help="Overall deadline; a node that has not answered by then fails alone.")
+@click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="How many nodes are inspected at once.")
+def inspect_(names, all_nodes, inventory, state_db, as_json, timeout, workers):
+    """Read each node's hardware from its own OS and compare it with the inventory.
+
+    Logs in to the home OS (local-disk servers) or the booted OS (netboot boards) with the
+    node's [ssh] settings and reads CPU, memory, disks, NICs, PCI devices (FPGAs, GPUs),
+    firmware and BMC facts with standard tools or /proc and /sys. Only available nodes and
+    nodes in maintenance are inspected (never a tenant's OS). The result goes to the state
+    database; a mismatch with the inventory (MACs, memory, CPUs, FPGA/GPU) is printed, shown
+    by `bmm nodes show` and reported to OpenNebula as BMM_INSPECTION_MISMATCH. Capacity is
+    never changed: the inventory's stays.
+
+    Exit status 0 when every node was inspected (mismatches included), 1 when one failed.
+
+    \b
+    Examples:
+      bmm nodes inspect node01 node02
+      bmm nodes inspect --all --json | jq '.[] | select(.inspection == "MISMATCH")'
+    """
+    from bmm.inspect.run import inspect_nodes
+
+    if bool(names) == all_nodes:
+        raise click.UsageError("name the nodes to inspect, or give --all")
+    inv = _load(inventory)
+    nodes = list(inv) if all_nodes else [inv.get(name) for name in dict.fromkeys(names)]
+    outcomes = inspect_nodes(nodes, open_store(state_db), timeout=timeout, workers=workers)
+    if as_json:
+        _emit_json([{"name": o.name, "ok": o.ok, "error": o.error, "seconds": round(o.seconds, 2),
+                     "inspected_at": o.inspected_at,
+                     "inspection": None if not o.ok else ("MISMATCH" if o.mismatches else "OK"),
+                     "mismatches": [m.text for m in o.mismatches],
+                     "summary": o.facts.summary() if o.facts else None} for o in outcomes])
+    else:
+        for o in outcomes:
+            if o.ok:
+                click.echo(_outcome_line(o))
+    for o in outcomes:
+        if not o.ok:
+            click.echo(f"bmm: {o.error}", err=True)
+    if not all(o.ok for o in outcomes):
+        sys.exit(1)
