@@ -178,30 +178,43 @@ def rewrite_macs(variables: dict[str, str], macs: Sequence[str], *, node: str | 
     return out
 
 
+def context_payload(variables: Mapping[str, str], files: Iterable[tuple[str, str]], *, macs: Sequence[str],
+                    node: str | None = None) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
+    """The variables (ETH<n>_MAC rewritten to the node's MACs) and the context files as
+    (name, bytes): every file a regular file, bounded one by one and together, named once."""
+    variables = rewrite_macs(dict(variables), macs, node=node)
+    out: list[tuple[str, bytes]] = []
+    seen = {"context.sh"}
+    total = 0
+    for source, name in files:
+        if name in seen:
+            raise InputError(f"two context files are named {name}", node=node)
+        if "/" in name or name in (".", ".."):
+            raise InputError("a context file name is not a plain file name", node=node)
+        seen.add(name)
+        data = read_bounded(source, MAX_CONTEXT_FILE, f"context file {name}", node=node)
+        total += len(data)
+        if total > MAX_CONTEXT_TOTAL:
+            raise InputError(f"the context files are more than the {MAX_CONTEXT_TOTAL} bytes allowed together",
+                             node=node)
+        out.append((name, data))
+    return variables, out
+
+
 def build_context_iso(variables: Mapping[str, str], files: Iterable[tuple[str, str]], out_iso: str, *,
                       macs: Sequence[str], node: str | None = None, timeout: float = 120) -> dict[str, str]:
     """Write the CONTEXT ISO for a VM to out_iso (atomically); returns the variables written.
 
     variables: context.sh as read_context_sh() parsed it; files: (source path, name in the
-    image) pairs, each a regular file, bounded in size one by one and together."""
-    variables = rewrite_macs(dict(variables), macs, node=node)
+    image) pairs (see context_payload)."""
+    variables, payload = context_payload(variables, files, macs=macs, node=node)
     out_dir = os.path.dirname(os.path.abspath(out_iso))
     with tempfile.TemporaryDirectory(prefix="bmm-context-") as tmp:
         root = os.path.join(tmp, "iso")
         os.mkdir(root)
         with open(os.path.join(root, "context.sh"), "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(format_context_sh(variables))
-        seen = {"context.sh"}
-        total = 0
-        for source, name in files:
-            if name in seen:
-                raise InputError(f"two context files are named {name}", node=node)
-            seen.add(name)
-            data = read_bounded(source, MAX_CONTEXT_FILE, f"context file {name}", node=node)
-            total += len(data)
-            if total > MAX_CONTEXT_TOTAL:
-                raise InputError(f"the context files are more than the {MAX_CONTEXT_TOTAL} bytes allowed together",
-                                 node=node)
+        for name, data in payload:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(data)
         fd, partial = tempfile.mkstemp(prefix=".context-", suffix=".iso", dir=out_dir)

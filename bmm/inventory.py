@@ -123,6 +123,7 @@ class Node:
     boot: BootSettings | None      # None only for a bmm.toml [kinds] kind without [boot]
     storage: StorageSettings
     hardware: Mapping[str, Any]
+    proxy: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able). Never holds a secret: the inventory only names files."""
@@ -138,6 +139,7 @@ class Node:
             "boot": thaw(self.boot.settings) if self.boot else {},
             "storage": thaw(self.storage.settings),
             "hardware": thaw(self.hardware),
+            "proxy": thaw(self.proxy),
         }
 
 
@@ -205,6 +207,7 @@ NODE_SETTINGS: dict[str, Setting] = {
     "boot": Setting(settings.table, "the boot method and its settings"),
     "storage": Setting(settings.table, "where instance disks are carved from (localdisk)"),
     "hardware": Setting(settings.table, "facts the node reports to OpenNebula"),
+    "proxy": Setting(settings.table, "netboot: the host that serves the board's boot files (default: the front-end)"),
 }
 
 
@@ -334,6 +337,18 @@ def _storage(p: _Problems, table: Mapping | None, spec: KindSpec | None) -> Stor
     return StorageSettings(vg=vg, settings=_freeze(dict(table or {})))
 
 
+def _proxy(p: _Problems, table: Mapping | None, spec: KindSpec | None) -> Mapping:
+    from bmm.transport.proxy import ProxyTransport
+
+    if table is None:
+        return {}
+    if spec is not None and spec.name in BUILTIN_KINDS and spec.name != "netboot":
+        p.add("proxy", f"only netboot boards have a proxy; a {spec.name} node is reached directly")
+        return {}
+    p.extend(ProxyTransport.validate(table), "proxy.")
+    return table
+
+
 def _check_node(file: str, name: str, raw: Any, kind_specs: Mapping[str, KindSpec]) -> tuple[Node | None, list[Problem]]:
     """One node's table, each part's table checked by that part's own declaration."""
     p = _Problems(file, name)
@@ -358,11 +373,13 @@ def _check_node(file: str, name: str, raw: Any, kind_specs: Mapping[str, KindSpe
     elif builtin:
         p.add("boot", "missing (required: a [boot] table)")
     storage = _storage(p, table("storage"), spec)
+    proxy = _proxy(p, table("proxy"), spec)
     if p.items or power is None or spec is None or None in (v.get("arch"), v.get("cpus"), v.get("memory_mb")):
         return None, p.items
     return Node(name=name, kind=spec.name, arch=v["arch"], model=v.get("model"), cpus=v["cpus"],
                 memory_mb=v["memory_mb"], disk_gb=v.get("disk_gb"), macs=tuple(macs), ip=v.get("ip"), ssh=ssh,
-                power=power, boot=boot, storage=storage, hardware=_freeze(dict(table("hardware") or {}))), []
+                power=power, boot=boot, storage=storage, hardware=_freeze(dict(table("hardware") or {})),
+                proxy=_freeze(dict(proxy))), []
 
 
 def check_inventory_data(data: Mapping, file: str,

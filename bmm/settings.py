@@ -147,6 +147,17 @@ def string_list(value: Any) -> str | None:
     return None
 
 
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, not {type_name(value)}"
+
+
+def command_list(value: Any) -> str | None:
+    """An array of commands, each an array of words: [["ifconfig", "eth0", "up"], ...]."""
+    if not isinstance(value, (list, tuple)) or any(string_list(c) for c in value):
+        return 'must be an array of commands, each an array of words ([["cmd", "arg"], ...])'
+    return None
+
+
 def choice(*choices: str) -> Checker:
     def check(value: Any) -> str | None:
         if value not in choices:

@@ -19,7 +19,6 @@ Disk life cycle (TM), per OpenNebula's sequencing (protocol §8.4):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 
 from bmm.boot.grub import GrubBoot, TenantEntry, tenant_entry_id
 from bmm.context import build_context_iso, write_context_lv
+from bmm.footprint import Footprint
 from bmm.errors import AuthError, BmmError, InputError, Refused, TimeoutExpired, TransientError
 from bmm.power import PowerState, power_for
 from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, OFF, PROVISIONED, REBOOTING,
@@ -106,28 +106,17 @@ class LocalDiskKind(Kind):
         return self.disk.vg
 
     # ---------------------------------------------------------------- bookkeeping
-    # What bmm put on the node for a VM, kept on the front-end: the LVs it created (name ->
-    # bytes; what the host reports as USED disk, and what a clean-up may touch) and, once the
-    # boot disk is cloned, how to boot it (kernel, initrd, root LV). Knowing this without
-    # asking the node means a clean-up of something bmm never made never powers it on.
-    def _meta_path(self, vm_id: int) -> Path:
-        return Path(self.config.state_db).parent / "vms" / self.name / f"{vm_id}.json"
+    # What bmm put on the node for a VM (bmm.footprint): the LVs it created (name -> bytes;
+    # what the host reports as USED disk, and what a clean-up may touch) and, once the boot
+    # disk is cloned, how to boot it (kernel, initrd, root LV).
+    @property
+    def footprint(self) -> Footprint:
+        return Footprint(self.config.state_db, self.name)
 
     def _meta(self, vm_id: int) -> dict:
-        try:
-            data = json.loads(self._meta_path(vm_id).read_text())
-        except (FileNotFoundError, ValueError):
-            return {"lvs": {}}
+        data = self.footprint.load(vm_id)
         data.setdefault("lvs", {})
         return data
-
-    def _save_meta(self, vm_id: int, data: dict) -> None:
-        path = self._meta_path(vm_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
 
     def _note_lv(self, vm_id: int, lv: str, size: int | None, **extra) -> None:
         """Record (size given) or forget (None) an LV of the VM; extra keys go in as they are."""
@@ -137,7 +126,7 @@ class LocalDiskKind(Kind):
         else:
             meta["lvs"][lv] = size
         meta.update(extra)
-        self._save_meta(vm_id, meta)
+        self.footprint.save(vm_id, meta)
 
     def _boot_meta(self, vm_id: int) -> dict:
         boot = self._meta(vm_id).get("boot")
@@ -482,7 +471,7 @@ class LocalDiskKind(Kind):
         with self.home_os() as session:
             self._wipe(session, self.disk.names(session, f"vm{vm}-"))
             self.boot.disarm(session, vm)
-        self._meta_path(vm).unlink(missing_ok=True)
+        self.footprint.forget(vm)
         step.go(CLEANING, AVAILABLE, reason=f"VM {vm} wiped and deleted")
 
     def _wipe(self, session: SshSession, names: list[str]) -> None:

@@ -47,6 +47,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -101,6 +102,20 @@ def tftp_root(lab_dir: Path | str) -> Path:
 
 def nfs_root(lab_dir: Path | str) -> Path:
     return netboot_dir(lab_dir) / "nfsroot"
+
+
+def ganesha_dir(lab_dir: Path | str) -> Path:
+    return netboot_dir(lab_dir) / "ganesha"
+
+
+def exports_dir(lab_dir: Path | str) -> Path:
+    """Per-board EXPORT blocks, one file each (ganesha.conf `%dir`s it)."""
+    return ganesha_dir(lab_dir) / "exports.d"
+
+
+def stage_dir(lab_dir: Path | str) -> Path:
+    """Where bmm keeps staged root filesystems of two-stage boards (never served by TFTP)."""
+    return netboot_dir(lab_dir) / "stage"
 
 
 def board_dir(lab_dir: Path | str, name: str) -> Path:
@@ -336,7 +351,7 @@ class NetbootServices:
         self._log = log or (lambda msg: None)
         self.tftp_root = tftp_root(self.dir)
         self.nfs_root = nfs_root(self.dir)
-        self.ganesha_dir = netboot_dir(self.dir) / "ganesha"
+        self.ganesha_dir = ganesha_dir(self.dir)
         self.tftpd: subprocess.Popen | None = None
         self.ganesha: subprocess.Popen | None = None
 
@@ -404,8 +419,18 @@ class NetbootServices:
 
     # -- NFS -----------------------------------------------------------------------------------
 
+    @property
+    def exports_dir(self) -> Path:
+        return exports_dir(self.dir)
+
+    @property
+    def probe_dir(self) -> Path:
+        """A small export of the proxy's own, for readiness checks: never a board's root."""
+        return netboot_dir(self.dir) / "nfsprobe"
+
     def ganesha_config(self) -> str:
-        root = _check_path_word(str(self.nfs_root), "NFS root")
+        probe = _check_path_word(str(self.probe_dir), "NFS probe directory")
+        exports = _check_path_word(str(self.exports_dir), "NFS exports directory")
         clients = ", ".join(self.clients)
         return f"""# bmm lab: nfs-ganesha for the boards (generated)
 NFS_CORE_PARAM {{
@@ -425,31 +450,40 @@ NFS_KRB5 {{
 }}
 EXPORT {{
     Export_Id = 1;
-    Path = "{root}";
-    Pseudo = "{root}";
+    Path = "{probe}";
+    Pseudo = "{probe}";
     Protocols = 3;
     Transports = TCP;
     SecType = sys;
-    Squash = No_Root_Squash;
+    Squash = Root_Squash;
     Access_Type = None;
     CLIENT {{
         Clients = {clients};
-        Access_Type = RW;
+        Access_Type = RO;
     }}
     FSAL {{
         Name = VFS;
     }}
 }}
+# one EXPORT per board, for that board's address only
+%dir "{exports}"
 """
 
+    @property
+    def pid_file(self) -> Path:
+        return self.ganesha_dir / "ganesha.pid"
+
     def _start_ganesha(self) -> None:
-        self.nfs_root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.nfs_root, 0o755)
+        for d in (self.nfs_root, self.probe_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o755)
+        (self.probe_dir / "ready").write_text("ok\n")
         self.ganesha_dir.mkdir(parents=True, exist_ok=True)
+        self.exports_dir.mkdir(parents=True, exist_ok=True)
         conf = self.ganesha_dir / "ganesha.conf"
         conf.write_text(self.ganesha_config())
         log_path = self.ganesha_dir / "ganesha.log"
-        pid_path = self.ganesha_dir / "ganesha.pid"
+        pid_path = self.pid_file
         # ganesha must register with rpcbind to start; clients then use explicit ports
         with host_lock():
             rpcbind = None
@@ -475,7 +509,7 @@ EXPORT {{
 
     def _wait_nfs(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        url = nfs_url(self.address, self.nfs_root, self.nfs_port, self.mount_port)
+        url = nfs_url(self.address, self.probe_dir, self.nfs_port, self.mount_port)
         why = "no answer"
         while True:
             if self.ganesha.poll() is not None:
@@ -488,7 +522,7 @@ EXPORT {{
                 why = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["nfs-ls failed"]
                 why = why[0]
             if time.monotonic() > deadline:
-                raise LabError(f"ganesha.nfsd does not export {self.nfs_root} within {timeout:g} s: {why}")
+                raise LabError(f"ganesha.nfsd does not export {self.probe_dir} within {timeout:g} s: {why}")
             time.sleep(0.3)
 
     def url(self, path: Path | str, server: str | None = None) -> str:
@@ -998,8 +1032,9 @@ class BoardInit:
         populate_dev(dev, _sh, _say)
         sda = self.spec.get("sda")
         if sda:
-            open(f"{dev}/sda1", "w").close()
-            _sh("mount", "--bind", sda, f"{dev}/sda1")
+            # a node of the loop device's own numbers, not a bind mount over a file: a mount
+            # point at /dev/sda1 would make mke2fs in the board refuse a "mounted" device
+            os.mknod(f"{dev}/sda1", 0o600 | stat.S_IFBLK, os.stat(sda).st_rdev)
         proc = BOARD_ROOT + "/proc"
         if os.path.isdir(proc):
             _sh("mount", "-t", "proc", "proc", proc)
@@ -1034,6 +1069,16 @@ class BoardInit:
     def users(self) -> None:
         chroot_users(BOARD_ROOT, BOARD_MNT, _sh)
 
+    def hostname(self) -> None:
+        """As an init's `hostname -F /etc/hostname`: the root's own name, if it has a valid one."""
+        path = _resolve_in_root(BOARD_ROOT, "/etc/hostname")
+        try:
+            name = open(path).read(256).strip() if path else ""
+        except OSError:
+            return
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", name):
+            socket.sethostname(name)
+
     def run(self) -> int:
         s = self.spec
         if not self._private():
@@ -1047,6 +1092,7 @@ class BoardInit:
         except (RuntimeError, OSError) as exc:
             _say(f"Kernel panic - not syncing: {exc}")
             return 3
+        self.hostname()
         os.makedirs("/run/sshd", exist_ok=True)
         signal.signal(signal.SIGTERM, lambda *a: self.reboot(RB_AUTOBOOT))
         signal.signal(signal.SIGHUP, lambda *a: self.reboot(RB_AUTOBOOT))
@@ -1150,6 +1196,11 @@ def prepare(lab: dict, node: dict) -> None:
     keys = _lab_key_text(lab_dir)
     spec = BoardSpec.from_node(lab, node)
     prepare_board(spec, authorized_keys=keys)
+    # the board's own export, for its address only (bmm replaces and removes it as it deploys)
+    from bmm.boot.netboot import GaneshaExports
+    from bmm.runner import LocalExecutor
+    GaneshaExports(str(exports_dir(lab_dir)), None).add(LocalExecutor(), spec.board_id, str(spec.export),
+                                                         node["addr"], reload=False)
     image = sample_image(lab_dir)
     if not image.exists():
         tmp_root = nb / "images" / "board-rootfs"
@@ -1225,7 +1276,7 @@ def inventory(lab: dict, node: dict) -> dict:
         },
         "boot": boot_table(lab, node),
         "hardware": {
-            "vendor": "tilera", "cpu_model": "TILEPro64", "topology": "8x8 tiles",
+            "vendor": "tilera", "cpu_model": "TILEPro64", "topology": "8x8 tiles", "tile_grid": "8x8",
             "lab_sda1": "/dev/sda1 (256 MB, ext4)",
         },
     }
@@ -1248,9 +1299,11 @@ def boot_table(lab: dict, node: dict) -> dict:
         "board": str(node.get("board") or node["name"]),
     }
     if boot_method(node) == "tftp2stage":
-        return {"method": "tftp2stage", **common, "rootfs_device": "/dev/sda1"}
+        return {"method": "tftp2stage", **common, "rootfs_device": "/dev/sda1",
+                "stage_dir": str(stage_dir(lab_dir))}
     return {"method": "nfsroot", **common, "nfs_root": str(nfs_root(lab_dir)),
-            "nfs_server": proxy_addr(lab)}
+            "nfs_server": proxy_addr(lab), "exports": "ganesha", "exports_dir": str(exports_dir(lab_dir)),
+            "ganesha_pid_file": str(ganesha_dir(lab_dir) / "ganesha.pid")}
 
 
 def status(lab: dict, node: dict) -> dict:

@@ -130,24 +130,31 @@ def test_tftp_get_boot_file(boards, tmp_path):
     assert "File not found" in res.stdout + res.stderr
 
 
-def test_nfs_client_lists_the_export(boards):
+def _nfs(boards, board, url):
+    """nfs-ls of url from inside the board's own network namespace (its address)."""
+    ns = boards.h.lab_node(board)["ns"]
+    return subprocess.run(["ip", "netns", "exec", ns, "nfs-ls", url], capture_output=True, text=True, timeout=30)
+
+
+def test_each_board_has_one_export_for_its_address_only(boards):
     nfs = boards.node("board1")["nfs"]
-    res = subprocess.run(["nfs-ls", nfs["url"]], capture_output=True, text=True, timeout=30)
+    res = _nfs(boards, "board1", nfs["url"])
     assert res.returncode == 0, res.stderr
     names = {line.split()[-1] for line in res.stdout.splitlines() if line.strip()}
     assert {"bin", "sbin", "etc", "root", "dev"} <= names
+    # the same export refuses another board, and the proxy's own address
+    assert _nfs(boards, "board2", nfs["url"]).returncode != 0
+    assert subprocess.run(["nfs-ls", nfs["url"]], capture_output=True, timeout=30).returncode != 0
+    # board2 reaches its own root, never board1's nor the parent directory of all roots
+    url2 = boards.node("board2")["nfs"]["url"]
+    assert _nfs(boards, "board2", url2).returncode == 0
     parent = netboot.nfs_url(nfs["host"], nfs["root"], nfs["port"], nfs["mount_port"])
-    res = subprocess.run(["nfs-ls", parent], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0 and "fs_board1" in res.stdout and "fs_board2" in res.stdout
-    # a file written on the proxy is visible through NFS; paths outside the export are refused
-    marker = Path(nfs["export"]) / "etc" / "bmm-lab-marker"
-    res = subprocess.run(["nfs-cat", netboot.nfs_url(nfs["host"], marker, nfs["port"], nfs["mount_port"])],
-                         capture_output=True, text=True, timeout=30)
-    if shutil.which("nfs-cat"):
-        assert res.stdout.strip() == "board1 nfsroot"
-    res = subprocess.run(["nfs-ls", netboot.nfs_url(nfs["host"], "/etc", nfs["port"], nfs["mount_port"])],
-                         capture_output=True, text=True, timeout=30)
-    assert res.returncode != 0
+    assert _nfs(boards, "board1", parent).returncode != 0
+    assert _nfs(boards, "board1", netboot.nfs_url(nfs["host"], "/etc", nfs["port"], nfs["mount_port"])).returncode != 0
+    # the exports are one file per board, each naming only that board's address
+    conf = sorted((netboot.exports_dir(boards.dir)).glob("bmm-*.conf"))
+    assert [c.name for c in conf] == ["bmm-board1.conf", "bmm-board2.conf"]
+    assert f"Clients = {boards.h.lab_node('board1')['addr']};" in conf[0].read_text()
 
 
 def test_board_powered_through_pdu_boots_from_tftp_and_nfs(boards):
