@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from bmm.errors import BmmError, Refused
+from bmm.errors import BmmError, Refused, TimeoutExpired, TransientError
 from bmm.inspect.diff import Mismatch, mismatches
 from bmm.inspect.facts import Facts
 from bmm.inspect.probe import Probe
@@ -59,7 +59,12 @@ def _connect(node, deadline: float):
     left = deadline - time.monotonic()
     target = node.ssh.target(node.name)
     session = SshSession(dataclasses.replace(target, connect_timeout=max(0.5, min(target.connect_timeout, left))))
-    session.connect()
+    try:
+        session.connect()
+    except TransientError as exc:
+        if time.monotonic() < deadline - 0.5:
+            raise
+        raise TimeoutExpired(f"no answer within the deadline ({exc.reason})", node=node.name) from None
     return session
 
 
