@@ -72,8 +72,8 @@ class HostReport:
         inspected = self.inspected()
         present = {key for key, _ in pairs}
         for key, value in inspected:
-            if key == "CPUSPEED":
-                pairs = [(k, value if k == key and not v else v) for k, v in pairs]
+            if key == "CPUSPEED":          # the machine's MHz where the inventory gives none (0)
+                pairs = [(k, value) if k == "CPUSPEED" and not v else (k, v) for k, v in pairs]
             elif key not in present:
                 pairs.append((key, value))
         counts = dict(inspected)

@@ -520,19 +520,19 @@ def _inspection_dict(store: StateStore, node: Node) -> dict | None:
     return data
 
 
-def _size(size_bytes: int) -> str:
-    return f"{size_bytes / 10**9:.0f} GB" if size_bytes >= 10**9 else f"{size_bytes / 10**6:.0f} MB"
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 def _facts_lines(facts) -> list[tuple[str, str]]:
     c = facts.cpu
-    cpu = ", ".join(p for p in (c.model, c.arch, c.sockets and f"{c.sockets} sockets",
-                                c.cores and f"{c.cores} cores", c.threads and f"{c.threads} threads",
+    cpu = ", ".join(p for p in (c.model, c.arch, c.sockets and _count(c.sockets, "socket"),
+                                c.cores and _count(c.cores, "core"), c.threads and _count(c.threads, "thread"),
                                 c.mhz and f"{c.mhz:.0f} MHz") if p)
-    lines = [("cpu", cpu or "-"), ("memory", f"{facts.memory_mb} MB" if facts.memory_mb is not None else "-"),
-             ("disks", ", ".join(f"{d.name} {_size(d.size_bytes)}" for d in facts.disks) or "-"),
-             ("nics", ", ".join(f"{n.name} {n.mac} {n.state or '?'}" for n in facts.nics) or "-")]
     summary = facts.summary()
+    lines = [("cpu", cpu or "-"), ("memory", f"{facts.memory_mb} MB" if facts.memory_mb is not None else "-"),
+             ("disks", ", ".join(summary["disks"]) or "-"),
+             ("nics", ", ".join(f"{n.name} {n.mac} {n.state or '?'}" for n in facts.nics) or "-")]
     for key in ("fpga", "gpu", "accelerators"):
         if summary[key]:
             lines.append((key, "; ".join(summary[key])))
@@ -564,7 +564,7 @@ def _outcome_line(outcome) -> str:
     facts = outcome.facts
     c = facts.cpu
     parts = [f"{c.model or 'cpu ?'} x{c.threads or '?'}", f"{facts.memory_mb or '?'} MB",
-             f"{len(facts.disks)} disks", f"{len(facts.nics)} nics"]
+             _count(len(facts.disks), "disk"), _count(len(facts.nics), "nic")]
     summary = facts.summary()
     parts += [f"{key} {', '.join(summary[key])}" for key in ("fpga", "gpu", "accelerators") if summary[key]]
     verdict = ("MISMATCH: " + "; ".join(m.text for m in outcome.mismatches)) if outcome.mismatches \

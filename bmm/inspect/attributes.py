@@ -20,8 +20,27 @@ from bmm.inspect.facts import Facts
 from bmm.inspect.pci import ACCELERATOR, FPGA, GPU, one_attributes
 
 
+VALUE_CHARS = 256               # names a machine prints are capped: SYSTEM_HOST is one datagram
+UNCAPPED = ("BMM_PCI_IDS",)     # hex ids only, one per device: its length is the bus's
+
+
+def _cap(value: Any) -> Any:
+    return value[:VALUE_CHARS] if isinstance(value, str) else value
+
+
 def host_attributes(node, facts: Facts, inspected_at: str) -> list[tuple[str, Any]]:
     """(name, value) pairs; a list of mappings under "PCI" becomes repeated vectors."""
+    out = []
+    for key, value in _pairs(node, facts, inspected_at):
+        if key == "PCI":
+            value = [{k: _cap(v) for k, v in vector.items()} for vector in value]
+        elif key not in UNCAPPED:
+            value = _cap(value)
+        out.append((key, value))
+    return out
+
+
+def _pairs(node, facts: Facts, inspected_at: str) -> list[tuple[str, Any]]:
     found = mismatches(node, facts)
     pairs: list[tuple[str, Any]] = [
         ("BMM_INSPECTED_AT", inspected_at),

@@ -43,6 +43,15 @@ class Nic:
     driver: str | None = None
 
 
+def size_text(size_bytes: int) -> str:
+    """A disk size as vendors print it: 960 GB, 256 MB."""
+    return f"{size_bytes / 10**9:.0f} GB" if size_bytes >= 10**9 else f"{size_bytes / 10**6:.0f} MB"
+
+
+def _known(cls, data: dict):
+    return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
 @dataclass(frozen=True)
 class Facts:
     cpu: Cpu = field(default_factory=Cpu)
@@ -73,12 +82,14 @@ class Facts:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Facts":
+        """Facts from to_dict()'s JSON; keys a later bmm added are ignored, so a monitor
+        reading an older or newer row never fails on it."""
         return cls(
-            cpu=Cpu(**data.get("cpu") or {}),
+            cpu=_known(Cpu, data.get("cpu") or {}),
             memory_kib=data.get("memory_kib"),
-            disks=tuple(Disk(**d) for d in data.get("disks") or ()),
-            nics=tuple(Nic(**n) for n in data.get("nics") or ()),
-            pci=tuple(PciDevice.from_dict(d) for d in data.get("pci") or ()),
+            disks=tuple(_known(Disk, d) for d in data.get("disks") or ()),
+            nics=tuple(_known(Nic, n) for n in data.get("nics") or ()),
+            pci=tuple(_known(PciDevice, d) for d in data.get("pci") or ()),
             firmware=dict(data.get("firmware") or {}),
             bmc=dict(data.get("bmc") or {}),
             sources=dict(data.get("sources") or {}),
@@ -92,7 +103,7 @@ class Facts:
             "cpu": {"model": c.model, "arch": c.arch, "sockets": c.sockets, "cores": c.cores,
                     "threads": c.threads, "mhz": c.mhz},
             "memory_mb": self.memory_mb,
-            "disks": [f"{d.name} {d.size_bytes // 10**9} GB" for d in self.disks],
+            "disks": [f"{d.name} {size_text(d.size_bytes)}" for d in self.disks],
             "nics": [{"name": n.name, "mac": n.mac, "state": n.state, "physical": n.physical}
                      for n in self.nics],
             "fpga": [f"{d.label()} ({d.ids} at {d.address})" for d in self.accelerators(FPGA)],

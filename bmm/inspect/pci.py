@@ -69,10 +69,6 @@ class PciDevice:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "PciDevice":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
     def named(self, ids) -> "PciDevice":
         """This device with empty names filled from a bmm.inspect.pciids.PciIds."""
         return replace(self, vendor_name=self.vendor_name or ids.vendor(self.vendor),

@@ -13,6 +13,7 @@ has not finished by the overall deadline is reported as such.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from bmm.inspect.diff import Mismatch, mismatches
 from bmm.inspect.facts import Facts
 from bmm.inspect.probe import Probe
 from bmm.state import AVAILABLE, MAINTENANCE
+from bmm.transport.ssh import SshSession
 
 WORKERS = 8
 GRACE_S = 2.0                    # for a node's last write after its deadline
@@ -50,12 +52,8 @@ def _check_state(node, store) -> None:
                       "node or one in maintenance is inspected", node=node.name)
 
 
-def _connect(node, deadline: float):
+def _connect(node, deadline: float) -> SshSession:
     """A session to the node's OS, its connect timeout cut to what is left of the deadline."""
-    import dataclasses
-
-    from bmm.transport.ssh import SshSession
-
     left = deadline - time.monotonic()
     target = node.ssh.target(node.name)
     session = SshSession(dataclasses.replace(target, connect_timeout=max(0.5, min(target.connect_timeout, left))))
@@ -83,11 +81,11 @@ def inspect_node(node, store, deadline: float, *, connect=_connect) -> Outcome:
             except BmmError as exc:
                 store.inspection_failed(node.name, exc.reason)
                 raise
+            found = mismatches(node, facts)
+            record = store.save_inspection(node.name, facts.to_dict(), [m.text for m in found])
     except BmmError as exc:          # Refused, LockedError, ssh and probe failures
         return Outcome(node.name, error=str(exc) if exc.node else f"node {node.name}: {exc}",
                        seconds=time.monotonic() - t0)
-    found = mismatches(node, facts)
-    record = store.save_inspection(node.name, facts.to_dict(), [m.text for m in found])
     return Outcome(node.name, facts=facts, mismatches=tuple(found), inspected_at=record.inspected_at,
                    seconds=time.monotonic() - t0)
 
