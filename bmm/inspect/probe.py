@@ -140,37 +140,31 @@ class Probe:
                 self.notes.append(f"memory: {exc}")
         return None
 
-    def disks(self):
-        out = self.ok(LSBLK)
-        if out:
-            try:
-                disks = parse.lsblk_json(out)
-                self.sources["disks"] = "lsblk -J -b"
-                return disks
-            except ValueError as exc:
-                self.notes.append(f"disks: {exc}")
-        values = self.sysfs(SYS_BLOCK, BLOCK_FILES, parse.BLOCK_NAME_RE)
-        if values is None:
-            self.notes.append(f"disks: cannot list {SYS_BLOCK}")
-            return []
-        self.sources["disks"] = SYS_BLOCK
-        return parse.sysfs_block(values)
-
-    def nics(self):
-        out = self.run(IP_LINK)
+    def tool_or_sysfs(self, section: str, argv: tuple[str, ...], source: str, parse_tool, root: str,
+                      files: tuple[str, ...], pattern: re.Pattern, parse_sysfs) -> list:
+        """A section from a tool's JSON when the OS has the tool, else from sysfs."""
+        out = self.run(argv)
         if out is not None and out.returncode == 0:
             try:
-                nics = parse.ip_link_json(out.stdout)
-                self.sources["nics"] = "ip -j -d link"
-                return nics
+                found = parse_tool(out.stdout)
+                self.sources[section] = source
+                return found
             except ValueError as exc:
-                self.notes.append(f"nics: {exc}")
-        values = self.sysfs(SYS_NET, NET_FILES, parse.NET_NAME_RE)
+                self.notes.append(f"{section}: {exc}")
+        values = self.sysfs(root, files, pattern)
         if values is None:
-            self.notes.append(f"nics: cannot list {SYS_NET}")
+            self.notes.append(f"{section}: cannot list {root}")
             return []
-        self.sources["nics"] = SYS_NET
-        return parse.sysfs_net(values)
+        self.sources[section] = root
+        return parse_sysfs(values)
+
+    def disks(self):
+        return self.tool_or_sysfs("disks", LSBLK, "lsblk -J -b", parse.lsblk_json, SYS_BLOCK, BLOCK_FILES,
+                                  parse.BLOCK_NAME_RE, parse.sysfs_block)
+
+    def nics(self):
+        return self.tool_or_sysfs("nics", IP_LINK, "ip -j -d link", parse.ip_link_json, SYS_NET, NET_FILES,
+                                  parse.NET_NAME_RE, parse.sysfs_net)
 
     def pci(self):
         values = self.sysfs(SYS_PCI, PCI_FILES, ADDRESS_RE)
