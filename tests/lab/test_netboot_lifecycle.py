@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -124,7 +126,8 @@ class World:
         return open_store(self.one.state_dir / "state.db").get(board)
 
     def powered(self, board: str) -> bool:
-        return bool(self.lab.daemon_status(board).get("powered"))
+        """The outlet, as the lab's PDU has it."""
+        return self.lab.daemon_status(board)["power"]
 
     def tenant(self, board: str, key: Path, command: list[str]) -> str:
         n = self.lab.node(board)
@@ -279,3 +282,189 @@ def test_canary_nfs_root(world):
 
 def test_canary_board_disk(world):
     _canary(world, TWO, 23, 24, "/root/canary")
+
+
+# --------------------------------------------------------------------------------------------- faults
+
+
+@pytest.fixture(scope="module")
+def faulty(world):
+    """A second front-end for the same boards, with short deadlines and an inventory whose PDU
+    password file, PDU port and tile-monitor each test may break (and must put back)."""
+    import tomllib
+    from bmm.lab.toml import dumps
+
+    inv = tomllib.loads(world.lab.inventory.read_text())
+    real_password = Path(inv["nodes"][NFS]["power"]["password_file"])
+    password = world.tmp / "pdu-password"
+    password.write_text(real_password.read_text())
+    os.chmod(password, 0o600)
+    wrapper = world.tmp / "tile-monitor"
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        # the lab's tile-monitor, except that while DROP exists an --upload sends half the file
+        import os, sys
+        args = sys.argv[1:]
+        if os.path.exists({str(world.tmp / 'DROP')!r}) and "--upload" in args:
+            i = args.index("--upload") + 1
+            half = {str(world.tmp / 'half-upload')!r}
+            with open(args[i], "rb") as src, open(half, "wb") as dst:
+                dst.write(src.read(os.path.getsize(args[i]) // 2))
+            args[i] = half
+        os.execv({inv["nodes"][TWO]["boot"]["tile_monitor"]!r}, [sys.argv[0], *args])
+        """))
+    os.chmod(wrapper, 0o755)
+    for board in (NFS, TWO):
+        inv["nodes"][board]["power"]["password_file"] = str(password)
+    inv["nodes"][TWO]["boot"]["tile_monitor"] = str(wrapper)
+    path = world.tmp / "faulty-nodes.toml"
+    path.write_text(dumps(inv))
+    one = OpenNebula(world.tmp / "faulty", path, settings="ssh_wait_s = 30\nboot_wait_s = 15\npower_timeout_s = 6")
+    faulty = World(world.lab, world.tmp)
+    faulty.one = one
+    faulty.images = world.images
+    faulty.password = password
+    faulty.real_password = real_password.read_text()
+    faulty.inventory = path
+    faulty.drop = world.tmp / "DROP"
+    return faulty
+
+
+def _pdu_port(faulty, port: int | None = None) -> int:
+    """The faulty inventory's PDU port (set it when port is given)."""
+    import tomllib
+    from bmm.lab.toml import dumps
+
+    inv = tomllib.loads(faulty.inventory.read_text())
+    old = inv["nodes"][NFS]["power"]["port"]
+    if port is not None:
+        inv["nodes"][NFS]["power"]["port"] = port
+        faulty.inventory.write_text(dumps(inv))
+    return old
+
+
+def _kernel_away(world, name: str):
+    path = world.tftp_file(name)
+    aside = path.with_name(path.name + ".aside")
+    os.rename(path, aside)
+    return path, aside
+
+
+def test_a_missing_kernel_fails_clone_and_touches_nothing(world):
+    for board, kernel, why in ((NFS, f"vmlinux_{NFS}_nfs", "no kernel to boot"),
+                               (TWO, f"vmlinux_{TWO}_1", "no stage 1 kernel to boot")):
+        before = sorted(os.listdir(netboot.tftp_root(world.lab.dir)))
+        root_before = sorted(os.listdir(world.export(board))) if world.export(board).exists() else None
+        path, aside = _kernel_away(world, kernel)
+        try:
+            line = failed(world.clone(41, board, world.image("tar.gz")))
+        finally:
+            os.rename(aside, path)
+        assert board in line and why in line and kernel in line, line
+        assert (world.record(board).state, world.record(board).vm_id) == ("available", None)
+        assert sorted(os.listdir(netboot.tftp_root(world.lab.dir))) == before
+        assert (sorted(os.listdir(world.export(board))) if world.export(board).exists() else None) == root_before
+        assert not list(netboot.stage_dir(world.lab.dir).glob(f"{board}-vm41-*"))
+
+
+def test_a_boot_file_gone_at_deploy_fails_with_the_outlet_off(world):
+    key = world.user_key("bob")
+    ok(world.clone(42, NFS, world.image("tar.gz")))
+    path, aside = _kernel_away(world, f"vmlinux_{NFS}_nfs")
+    try:
+        line = failed(world.deploy(42, NFS, key, "bob"))
+    finally:
+        os.rename(aside, path)
+    assert "boot file" in line and f"vmlinux_{NFS}_nfs" in line and "missing on the proxy" in line, line
+    rec = world.record(NFS)
+    assert (rec.state, rec.vm_id) == ("error", 42) and not world.powered(NFS)
+    ok(world.delete(42, NFS))
+    assert world.record(NFS).state == "available" and not world.export(NFS).exists()
+
+
+@pytest.mark.parametrize("fault", ["wrong password", "unreachable"])
+def test_pdu_faults_fail_deploy_naming_the_pdu(faulty, fault):
+    key = faulty.user_key("carol")
+    ok(faulty.clone(43, NFS, faulty.image("tar.gz")))
+    port = _pdu_port(faulty)
+    if fault == "wrong password":
+        faulty.password.write_text("not-the-password\n")
+    else:
+        _pdu_port(faulty, 9)                                   # discard: nothing listens
+    try:
+        line = failed(faulty.deploy(43, NFS, key, "carol"))
+    finally:
+        faulty.password.write_text(faulty.real_password)
+        _pdu_port(faulty, port)
+    assert NFS in line and "pdu" in line.lower(), line
+    assert ("wrong user or password" if fault == "wrong password" else "refused") in line, line
+    assert faulty.real_password.strip() not in line and "not-the-password" not in line
+    assert faulty.record(NFS).state == "error"
+    ok(faulty.delete(43, NFS))
+    assert faulty.record(NFS).state == "available" and not faulty.powered(NFS)
+
+
+def test_a_board_that_never_answers_fails_deploy_after_its_deadline(faulty):
+    key = faulty.user_key("dave")
+    ok(faulty.clone(44, NFS, faulty.image("tar.gz")))
+    kernel = faulty.tftp_file(f"vmlinux_{NFS}_nfs")
+    good = kernel.read_bytes()
+    kernel.write_text("not a kernel the board can run\n")
+    try:
+        start = time.monotonic()
+        line = failed(faulty.deploy(44, NFS, key, "dave"))
+        took = time.monotonic() - start
+    finally:
+        kernel.write_bytes(good)
+    assert "did not come up within 15 s" in line and NFS in line, line
+    assert 15 <= took < 60
+    rec = faulty.record(NFS)
+    assert (rec.state, rec.vm_id) == ("error", 44)
+    assert not faulty.powered(NFS)                         # the outlet is off
+    assert "outlet is off" in (rec.last_error or "")
+    ok(faulty.delete(44, NFS))
+
+
+def test_a_dropped_upload_fails_stage_1_and_the_retry_unpacks_it_whole(faulty):
+    key = faulty.user_key("erin")
+    ok(faulty.clone(45, TWO, faulty.image("tar.gz")))
+    faulty.drop.write_text("")
+    try:
+        line = failed(faulty.deploy(45, TWO, key, "erin"))
+    finally:
+        faulty.drop.unlink()
+    assert TWO in line and "tile-monitor" in line, line
+    rec = faulty.record(TWO)
+    assert (rec.state, rec.vm_id) == ("error", 45) and not faulty.powered(TWO)
+    # OpenNebula's `onevm recover --retry` runs the deploy again: stage 1 unpacks it whole
+    ex = ok(faulty.deploy(45, TWO, key, "erin"))
+    assert any("uploading" in text for _, _, text in ex.log_lines)
+    assert faulty.tenant(TWO, key, ["cat", "/srv/data"]) == "tenant data\n"
+    assert faulty.tenant(TWO, key, ["hostname"]).strip() == "erin"
+    ok(faulty.action("cancel", 45, TWO))
+    ok(faulty.delete(45, TWO))
+    assert faulty.record(TWO).state == "available"
+
+
+def test_a_second_vm_never_touches_the_board_of_the_first(world):
+    key = world.user_key("frank")
+    ok(world.clone(46, NFS, world.image("tar.gz")))
+    ok(world.deploy(46, NFS, key, "frank"))
+    try:
+        root = world.export(NFS)
+        before = sorted(os.listdir(root))
+        refused = failed(world.clone(47, NFS, world.image("ext4")))
+        assert "holds VM 46; refusing VM 47" in refused, refused
+        refused = failed(world.deploy(47, NFS, world.user_key("grace"), "grace"))
+        assert "46" in refused and "47" in refused, refused
+        ex = ok(world.action("cancel", 47, NFS))           # clean-ups for VM 47 succeed, touch nothing
+        ex = ok(world.delete(47, NFS))
+        assert any("left untouched" in text for _, _, text in ex.log_lines)
+        rec = world.record(NFS)
+        assert (rec.state, rec.vm_id) == ("active", 46)
+        assert world.powered(NFS) and sorted(os.listdir(root)) == before
+        assert world.tenant(NFS, key, ["hostname"]).strip() == "frank"
+        assert (netboot.exports_dir(world.lab.dir) / f"bmm-{NFS}.conf").exists()
+    finally:
+        ok(world.action("cancel", 46, NFS))
+        ok(world.delete(46, NFS))
