@@ -119,35 +119,39 @@ class LabHandle:
         nodes = firmware.call(self.dir, {"op": "status"})["nodes"]
         return nodes[name] if name else nodes
 
-    def ssh_argv(self, name: str, *, connect_timeout: int = 5) -> list[str]:
+    def ssh_argv(self, name: str, *, connect_timeout: int = 5, tenant: bool = False) -> list[str]:
+        """OpenSSH argv for the node. The home OS's host key is pinned (the lab's known_hosts);
+        with tenant=True any host key is taken, because every installed OS has keys of its own."""
         n = self.node(name)
+        keys = (["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"] if tenant else
+                ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes"])
         return ["ssh", "-i", str(self.key), "-p", str(n["ssh"]["port"]),
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", f"ConnectTimeout={connect_timeout}",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                "-o", "LogLevel=ERROR", f"{n['ssh']['user']}@{n['ssh']['host']}"]
+                *keys, "-o", "LogLevel=ERROR", f"{n['ssh']['user']}@{n['ssh']['host']}"]
 
     def ssh(self, name: str, command: list[str] | str, *, timeout: float = 30, check: bool = True,
-            input: str | bytes | None = None) -> Result:
+            input: str | bytes | None = None, tenant: bool = False) -> Result:
         """Run a command on the node with the real OpenSSH client and the lab key. A list is
         quoted word by word; a string is passed as the remote shell command."""
         import shlex
         remote = command if isinstance(command, str) else shlex.join(command)
-        return run(self.ssh_argv(name) + ["--", remote], timeout=timeout, check=check, input=input, node=name)
+        return run(self.ssh_argv(name, tenant=tenant) + ["--", remote], timeout=timeout, check=check,
+                   input=input, node=name)
 
-    def ssh_ok(self, name: str, timeout: float = 8) -> bool:
+    def ssh_ok(self, name: str, timeout: float = 8, *, tenant: bool = False) -> bool:
         try:
-            return self.ssh(name, ["true"], timeout=timeout, check=False).ok
+            return self.ssh(name, ["true"], timeout=timeout, check=False, tenant=tenant).ok
         except LabError:
             return False
         except Exception:  # noqa: BLE001 - TimeoutExpired etc.: not reachable
             return False
 
-    def wait_ssh(self, name: str, *, up: bool = True, timeout: float = 30) -> float:
+    def wait_ssh(self, name: str, *, up: bool = True, timeout: float = 30, tenant: bool = False) -> float:
         """Wait until ssh to the node works (up) or is refused (down). Returns seconds waited."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         while True:
-            if self.ssh_ok(name) == up:
+            if self.ssh_ok(name, tenant=tenant) == up:
                 return time.monotonic() - t0
             if time.monotonic() > deadline:
                 raise LabError(f"ssh still {'not ' if up else ''}answering after {timeout:g} s; "

@@ -51,15 +51,17 @@ def tenant(module_lab, tmp_path_factory):
     return lab
 
 
-def boot_via_bmc(lab, state="running"):
+def boot_via_bmc(lab, state="running", *, tenant=False):
+    """Power-cycle through the BMC and wait for the OS. A tenant OS has host keys of its own;
+    the home OS must answer with the key the lab pinned."""
     lab.ipmitool(SERVER, "chassis", "power", "cycle")
     lab.wait_state(SERVER, state, timeout=25)
     if state == "running":
-        lab.wait_ssh(SERVER, timeout=20)
+        lab.wait_ssh(SERVER, timeout=20, tenant=tenant)
 
 
-def os_id(lab):
-    for line in lab.ssh(SERVER, "cat /etc/os-release").stdout.splitlines():
+def os_id(lab, *, tenant=False):
+    for line in lab.ssh(SERVER, "cat /etc/os-release", tenant=tenant).stdout.splitlines():
         if line.startswith("ID="):
             return line[3:]
     return None
@@ -71,9 +73,9 @@ def test_next_entry_boots_once_then_saved_entry(tenant):
     lab.ssh(SERVER, ["grub-reboot", "--boot-directory=/boot", "bmm-vm1"])
     env = lab.ssh(SERVER, ["grub-editenv", "/boot/grub/grubenv", "list"]).stdout
     assert "next_entry=bmm-vm1" in env and "saved_entry=home" in env
-    boot_via_bmc(lab)
-    assert os_id(lab) == "tenanta"
-    assert lab.ssh(SERVER, "hostname").stdout.strip() == "vm42"        # from the CONTEXT iso
+    boot_via_bmc(lab, tenant=True)
+    assert os_id(lab, tenant=True) == "tenanta"
+    assert lab.ssh(SERVER, "hostname", tenant=True).stdout.strip() == "vm42"        # from the CONTEXT iso
     assert "one-context (emulated)" in lab.console(SERVER)
     boot_via_bmc(lab)                                                  # next cycle: saved_entry again
     assert lab.ssh(SERVER, "hostname").stdout.strip() == SERVER
@@ -84,12 +86,12 @@ def test_next_entry_boots_once_then_saved_entry(tenant):
 def test_saved_entry_by_title_persists_and_reboot_inside_follows_it(tenant):
     lab = tenant
     lab.ssh(SERVER, ["grub-set-default", "--boot-directory=/boot", "bmm vm 2"])
-    boot_via_bmc(lab)
-    assert os_id(lab) == "tenantb"                   # partitioned qcow2 image, key baked in
-    lab.ssh(SERVER, "reboot", check=False)           # busybox reboot -> the lab's firmware
+    boot_via_bmc(lab, tenant=True)
+    assert os_id(lab, tenant=True) == "tenantb"      # partitioned qcow2 image, key baked in
+    lab.ssh(SERVER, "reboot", check=False, tenant=True)   # busybox reboot -> the lab's firmware
     lab.wait_state(SERVER, "running", timeout=25)
-    lab.wait_ssh(SERVER, timeout=20)
-    assert os_id(lab) == "tenantb"
+    lab.wait_ssh(SERVER, timeout=20, tenant=True)
+    assert os_id(lab, tenant=True) == "tenantb"
     # the tenant cannot reach the home OS's /boot: switch back from the front-end side
     boot = lab.node(SERVER)["boot_dir"]
     subprocess.run(["grub-set-default", f"--boot-directory={boot}", "home"], check=True, capture_output=True)
