@@ -16,9 +16,10 @@ How, and why:
   DEADLINE_FRACTION of the host's shortest period (within MIN/MAX_DEADLINE_S), so a probe is
   settled, on time or late, before the host's next one is due. At its deadline a probe that
   has not answered is late: its host is reported with its last good payload of each type
-  (none if it never had one), and its result is dropped when it comes, so what is sent for a
-  period is decided by the deadline at the latest and a slow BMC never reorders a host's
-  messages. A host has one probe at a time; a hung one is never doubled.
+  (none if it never had one), and its result is not sent when it comes but kept as the last
+  good payload, so what is sent for a period is decided by the deadline at the latest, a slow
+  BMC never reorders a host's messages, and a host that is always slow is reported a period
+  late rather than never. A host has one probe at a time; a hung one is never doubled.
 - Last-known payloads are sent with a new timestamp: monitord keeps only messages newer than
   the last of their type, and the point is to keep telling it what is known.
 - A node with an action in flight (its lock is held, or its state is transient) is not
@@ -264,7 +265,13 @@ class Scheduler:
         host.probe = None
         out: Outcome = probe.result or Outcome(crash=RuntimeError("the probe returned nothing"))
         if probe.late:
+            # not sent: its period was settled at the deadline. It is what is known now, so
+            # a host whose probes always take longer than the deadline (a PDU that takes its
+            # time to log in) is still reported, one period late, rather than never
             self.counts["late_dropped"] += 1
+            if out.payloads is not None:
+                host.last.update(out.payloads)
+                host.seen = probe.seen
             return
         if out.payloads is not None:
             for kind, payload in out.payloads.items():
