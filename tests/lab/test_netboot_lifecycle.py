@@ -468,3 +468,53 @@ def test_a_second_vm_never_touches_the_board_of_the_first(world):
     finally:
         ok(world.action("cancel", 46, NFS))
         ok(world.delete(46, NFS))
+
+
+def test_monitoring_reports_the_board_and_follows_its_outlet(world):
+    """IM for a board: SYSTEM_HOST carries its facts (TILEPro64, 64 cores), STATE_VM the
+    instance's state from the outlet and the board's answer: RUNNING, then POWEROFF once the
+    outlet is cut behind OpenNebula's back (and bmm's record follows: a resume works)."""
+    import base64
+
+    from bmm.opennebula import template
+    from tests.monitord import Monitord
+    from tests.protocol.test_monitor_protocol import CONFIG_XML
+    from tests.support import stop_monitor_daemon
+
+    key = world.user_key("heidi")
+    ok(world.clone(48, NFS, world.image("tar.gz")))
+    ok(world.deploy(48, NFS, key, "heidi"))
+    monitord = Monitord()
+    try:
+        ex = ok(world.one.im(["bmm", "5", NFS], CONFIG_XML.format(port=monitord.port).replace(
+            "<HOST_ID>3</HOST_ID>", "<HOST_ID>5</HOST_ID>")))
+        doc = " ".join(ex.stdout.split())
+        system = dict(template.parse(base64.b64decode(doc.split("<SYSTEM_HOST>")[1].split("<")[0]).decode()))
+        assert system["ARCH"] == "tilepro64" and system["TOTALCPU"] == "6400"
+        assert system["BMM_CPU_MODEL"] == "TILEPro64" and system["BMM_TILE_GRID"] == "8x8"
+        assert system["BMM_KIND"] == "netboot"
+
+        def states():
+            return [dict(template.parse(m.payload)).get("VM", {}).get("STATE")
+                    for _, m in monitord.messages() if m.type == "STATE_VM"]
+
+        deadline = time.monotonic() + 30
+        while "RUNNING" not in states() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        log = world.one.state_dir / "monitor"
+        assert "RUNNING" in states(), ([m.type for _, m in monitord.messages()],
+                                       {p.name: p.read_text()[-2000:] for p in log.glob("*.log")})
+        world.lab.power(NFS, "off")                          # someone pulls the outlet
+        deadline = time.monotonic() + 30
+        while not states() or states()[-1] != "POWEROFF":
+            assert time.monotonic() < deadline, states()
+            time.sleep(0.3)
+        assert world.record(NFS).state == "off"
+    finally:
+        monitord.close()
+        world.one.im(["stop", "bmm", "5", NFS], "")
+        stop_monitor_daemon(world.one.state_dir)
+    ok(world.deploy(48, NFS, key, "heidi"))                   # the resume
+    assert world.tenant(NFS, key, ["hostname"]).strip() == "heidi"
+    ok(world.action("cancel", 48, NFS))
+    ok(world.delete(48, NFS))
