@@ -45,8 +45,20 @@ def register(inventory, url, auth, cluster, images_dirs, dry_run):
 
     One cluster; bmm's system and image datastores (TM_MAD bmm; the image datastore keeps each
     image in its own format); one host per node; one VM template per node model that asks for
-    the whole machine. Existing objects are compared, never deleted: a difference in an object
-    bmm made is updated, anything else is shown as a conflict. A second run changes nothing.
+    the whole machine (`bmm-<model>`); and one VM template per instance type of the Tilera
+    field report that the inventory's boards can serve (t64.8x8, tp64.8x8, tgx.4x4, tgx.6x6,
+    tgx.8x8, tgx.10x10), asking for a whole board of that family and tile grid. A type no board
+    serves is not created (a `skip` line says so, as it does for a board that serves no type).
+    Existing objects are compared, never deleted: a difference in an object bmm made is
+    updated, anything else is shown as a conflict. A second run changes nothing.
+
+    \b
+    Example (10 TILEPro64 boards imported with `bmm nodes import-tilera`):
+      $ bmm one register --dry-run
+      ...
+      would create   template tp64.8x8: instance type, TILEPro64, 64 (8x8) tiles: 10 board(s) (...)
+      skip     template tgx.4x4: instance type, TILE-Gx16, 16 (4x4) tiles: no board in the
+               inventory serves it, not created
     """
     from bmm.opennebula import register as reg
     from bmm.opennebula.client import connect

@@ -5,7 +5,10 @@ From the inventory: one cluster; bmm's system datastore and image datastore (bot
 naming where operators keep images, and no DRIVER, so qcow2 images stay qcow2); one host per
 node (`--im bmm --vm bmm`, in the cluster); one VM template per node model that takes the
 whole machine (CPU, VCPU and MEMORY of the smallest node of that model) and carries
-SCHED_REQUIREMENTS so the scheduler places it only on a free machine of that model.
+SCHED_REQUIREMENTS so the scheduler places it only on a free machine of that model; and one VM
+template per instance type of the Tilera field report that some board can serve
+(bmm.instance_types: `tp64.8x8` and the like, named as the report names them), asking for a
+whole board of that family and tile grid. A type no board serves is not created, and said so.
 
 plan() only reads oned and returns Changes; apply() makes them. An object that exists already
 is compared, never deleted: a difference bmm owns (a template it made, marked BMM_MANAGED) is
@@ -18,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bmm import instance_types
 from bmm.opennebula import template
 
 SYSTEM_DS = "bm_system"
@@ -27,9 +31,9 @@ MANAGED = "BMM_MANAGED"
 
 @dataclass
 class Change:
-    kind: str                   # cluster | datastore | host | template
+    kind: str                   # cluster | datastore | host | template | node
     name: str
-    action: str                 # create | update | ok | conflict
+    action: str                 # create | update | ok | conflict | skip
     detail: str = ""
     run: Callable[[], object] | None = field(default=None, repr=False)
 
@@ -121,22 +125,53 @@ def plan(one, inventory, *, cluster: str = "bare-metal", safe_dirs: tuple[str, .
     for node in inventory:
         models.setdefault(node.model or node.arch, []).append(node)
     for model, nodes in sorted(models.items()):
-        name = template_name(model)
-        text = template_text(model, nodes)
-        existing = templates.get(name)
-        if existing is None:
-            changes.append(Change("template", name, "create", f"{len(nodes)} node(s) of model {model}",
-                                  run=lambda text=text: one.template.allocate(text)))
-            continue
-        have = _attrs(existing)
-        if have.get(MANAGED) != "YES":
-            changes.append(Change("template", name, "conflict", f"id {existing.ID} exists and was not made by bmm"))
-        elif _same_template(have, text):
-            changes.append(Change("template", name, "ok", f"id {existing.ID}"))
-        else:
-            changes.append(Change("template", name, "update", f"id {existing.ID}",
-                                  run=lambda t=existing, text=text: one.template.update(t.ID, text, 0)))
+        changes.append(_template_change(one, templates, template_name(model), template_text(model, nodes),
+                                        f"{len(nodes)} node(s) of model {model}"))
+    changes.extend(_instance_type_changes(one, templates, inventory))
     return changes
+
+
+def instance_type_text(m: instance_types.Match) -> str:
+    t = m.itype
+    return template.render([
+        ("NAME", t.name),
+        ("DESCRIPTION", f"Instance type {t.name}: a whole board with a {t.describe()} "
+                        "(bmm: bare metal, one instance per board)"),
+        ("CPU", m.cpus), ("VCPU", m.cpus), ("MEMORY", m.memory_mb),
+        ("BMM_INSTANCE_TYPE", t.name),
+        ("SCHED_REQUIREMENTS", m.requirements()),
+        (MANAGED, "YES"),
+    ]) + template.vector("CONTEXT", {"NETWORK": "YES", "SSH_PUBLIC_KEY": "$USER[SSH_PUBLIC_KEY]"}) + "\n"
+
+
+def _instance_type_changes(one, templates: dict, inventory) -> list[Change]:
+    served, unserved, idle = instance_types.match(inventory)
+    out = []
+    for m in served:
+        names = ", ".join(b.node for b in m.boards)
+        out.append(_template_change(one, templates, m.itype.name, instance_type_text(m),
+                                    f"instance type, {m.itype.describe()}: {len(m.boards)} board(s) ({names})"))
+    for t in unserved:
+        detail = f"instance type, {t.describe()}: no board in the inventory serves it, not created"
+        if t.name in templates:
+            detail += f" (id {templates[t.name].ID} exists and is kept: bmm never deletes)"
+        out.append(Change("template", t.name, "skip", detail))
+    for b in idle:
+        out.append(Change("node", b.node, "skip", f"serves no instance type: {instance_types.board_note(b)}"))
+    return out
+
+
+def _template_change(one, templates: dict, name: str, text: str, detail: str) -> Change:
+    existing = templates.get(name)
+    if existing is None:
+        return Change("template", name, "create", detail, run=lambda: one.template.allocate(text))
+    have = _attrs(existing)
+    if have.get(MANAGED) != "YES":
+        return Change("template", name, "conflict", f"id {existing.ID} exists and was not made by bmm")
+    if _same_template(have, text):
+        return Change("template", name, "ok", f"id {existing.ID}")
+    return Change("template", name, "update", f"id {existing.ID}",
+                  run=lambda: one.template.update(existing.ID, text, 0))
 
 
 def _same_template(have: dict, text: str) -> bool:
