@@ -23,8 +23,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+from bmm import instance_types
 from bmm.settings import MAC_RE
 
 FIELDS_WITH_IP = ("board_id", "ip", "mac", "vcpus", "memory_mb", "local_gb", "memory_mb_used",
@@ -321,9 +323,37 @@ def _drop_nulls(value: Any, path: str, dropped: list[str]) -> Any:
     return value
 
 
+def _linux_arch(family: str, tiles: int | None) -> str:
+    """The node's `arch` for a Tilera family, as nova.conf's `--cpu_arch=tilepro64` and the
+    kernels' architecture names have it (bmm.storage.rootfs matches image kernels by it)."""
+    if family == instance_types.TILE64:
+        return "tile64"
+    if family == instance_types.TILEPRO:
+        return "tilepro64" if tiles in (None, 64) else "tilepro"
+    return "tilegx"
+
+
+def board_facts(board: Board, hardware: dict) -> tuple[str | None, dict, instance_types.Board | None]:
+    """(arch for the inventory, hardware with cpu_model and tile_grid added, the board's
+    facts as instance types see them) for a Tilera cpu_info; (None, hardware, None) else."""
+    arch = board.cpu_info.get("arch")
+    parsed = instance_types.family_of(arch) if isinstance(arch, str) else None
+    if parsed is None:
+        return None, hardware, None
+    hardware = dict(hardware)
+    hardware.setdefault("cpu_model", arch)
+    probe = SimpleNamespace(name=str(board.board_id), arch=arch, cpus=board.vcpus, memory_mb=board.memory_mb,
+                            hardware=hardware)
+    facts = instance_types.board_facts(probe)
+    if facts.grid is not None and "tile_grid" not in hardware:
+        hardware["tile_grid"] = f"{facts.grid[0]}x{facts.grid[1]}"
+    return _linux_arch(parsed[0], parsed[1]), hardware, facts
+
+
 def board_to_toml(board: Board, *, prefix: str = "tilera-", source: str = "tilera_boards",
                   warnings: list[Message] | None = None) -> str:
-    """One [nodes.<prefix><board_id>] block that passes `bmm nodes validate` as written."""
+    """One [nodes.<prefix><board_id>] block that passes `bmm nodes validate` as written, with
+    a `FILL IN` line for everything a deploy needs that the file does not have."""
     name = f"{prefix}{board.board_id}"
     table = f"nodes.{toml_key(name)}"
     dropped: list[str] = []
@@ -333,6 +363,7 @@ def board_to_toml(board: Board, *, prefix: str = "tilera-", source: str = "tiler
                                 f"cpu_info null values left out of hardware: {', '.join(dropped)}"))
     arch = board.cpu_info.get("arch")
     model = board.cpu_info.get("model")
+    tilera_arch, hardware, facts = board_facts(board, hardware)
     out = [f"[{table}]",
            f"# from {source} line {board.line}: board {board.board_id}"
            f" ({board.hv_type} {board.hv_ver}; memory_mb_used/local_gb_used"
@@ -341,13 +372,24 @@ def board_to_toml(board: Board, *, prefix: str = "tilera-", source: str = "tiler
         out.append("# CHECK: cpu_info was cut off in the source and closed on import; "
                    "complete [hardware] if facts are missing")
     out.append('kind      = "netboot"')
-    if isinstance(arch, str) and arch.strip():
+    if tilera_arch:
+        out.append(f"arch      = {toml_string(tilera_arch)}          # cpu_info says {toml_string(arch)}, "
+                   "kept as hardware.cpu_model")
+    elif isinstance(arch, str) and arch.strip():
         out.append(f"arch      = {toml_string(arch)}")
     else:
         out.append('arch      = "unknown"          # FILL IN: cpu_info has no "arch"')
     if isinstance(model, str) and model.strip():
         out.append(f"model     = {toml_string(model)}")
-    out.append(f"cpus      = {board.vcpus}")
+    if facts is not None and facts.grid is not None:
+        tiles = facts.grid[0] * facts.grid[1]
+        out.append(f"cpus      = {tiles}                # the whole board: {facts.grid[0]}x{facts.grid[1]} tiles "
+                   f"(the file says vcpus {board.vcpus})")
+    else:
+        if facts is not None and warnings is not None:
+            warnings.append(Message(board.line, str(board.board_id),
+                                    f"cpus = vcpus {board.vcpus}: the tile grid is unknown ({facts.problem})"))
+        out.append(f"cpus      = {board.vcpus}")
     out.append(f"memory_mb = {board.memory_mb}")
     if board.local_gb > 0:
         out.append(f"disk_gb   = {board.local_gb}")
@@ -355,12 +397,13 @@ def board_to_toml(board: Board, *, prefix: str = "tilera-", source: str = "tiler
     if board.ip:
         out.append(f"ip        = {toml_string(board.ip)}")
     else:
-        out.append("# ip      = \"\"                 # not in the source row; set it to reach the board")
+        out.append('# ip      = "<board address>"  # FILL IN: not in the source row; bmm reaches the board '
+                   "there (ssh, tile-monitor)")
     out += [
         "",
         f"[{table}.power]",
         "# FILL IN: the board's PDU outlet. Until then power is manual (bmm asks nobody and",
-        "# reports power as unknown). Replace the line below with, for example:",
+        "# reports power as unknown) and the board cannot be deployed. Replace the line below with:",
         '#   driver        = "pdu"',
         '#   host          = "<PDU address>"',
         '#   protocol      = "telnet"          # or "ssh"',
@@ -370,8 +413,21 @@ def board_to_toml(board: Board, *, prefix: str = "tilera-", source: str = "tiler
         'driver = "manual"',
         "",
         f"[{table}.boot]",
-        'method = "nfsroot"',
+        "# FILL IN where the proxy differs from the blueprint's: tftp_root (/tftpboot holds",
+        f"# vmlinux_{board.board_id}_nfs, or _1 and _2 for tftp2stage), nfs_root (fs_{board.board_id}; default tftp_root),",
+        '# tile_monitor (default: on the PATH), board (the id in the boot files the board fetches).',
+        'method = "nfsroot"                # or "tftp2stage" (the field report\'s option 2)',
         f"board  = {board.board_id}",
+        "",
+        f"# FILL IN if the proxy is not this front-end ([{table}.proxy] absent: it is):",
+        f"# [{table}.proxy]",
+        '# host = "<proxy address>"',
+        '# key  = "/var/lib/one/.ssh/id_bmm_proxy"',
+        "",
+        "# FILL IN unless oneadmin's own ssh key reaches the booted boards (address: ip):",
+        f"# [{table}.ssh]",
+        '# key         = "/var/lib/one/.ssh/id_bmm_boards"',
+        '# known_hosts = "/var/lib/one/.ssh/known_hosts_boards"',
     ]
     if hardware:
         out += ["", f"[{table}.hardware]"]
@@ -387,9 +443,10 @@ def import_tilera(text: str, *, prefix: str = "tilera-", source: str = "tilera_b
     header = [
         f"# bmm inventory imported from {source} by `bmm nodes import-tilera`.",
         f"# {len(result.boards)} boards imported, {len(result.errors)} rows skipped.",
-        "# Before use, fill in every line marked FILL IN (power outlets, addresses), then run",
-        "# `bmm nodes validate`. Boards boot by NFS root (fs_<board>); set boot.method =",
-        '# "tftp2stage" for the two-stage TFTP boot.',
+        "# Before use, fill in every line marked FILL IN (PDU outlets, addresses, the proxy's",
+        "# files and bmm's ssh key), then run `bmm nodes validate` and `bmm one register`",
+        "# (docs/boards.md walks through it). Boards boot by NFS root (fs_<board>); set",
+        '# boot.method = "tftp2stage" for the two-stage TFTP boot.',
         "",
     ]
     blocks = [board_to_toml(b, prefix=prefix, source=source, warnings=result.warnings)

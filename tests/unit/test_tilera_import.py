@@ -124,8 +124,11 @@ def test_imported_toml_passes_validate_as_written():
     assert problems == []
     assert sorted(nodes) == sorted([f"tilera-{i}" for i in range(10)] + ["tilera-60"])
     n0 = nodes["tilera-0"]
+    # arch as nova.conf's --cpu_arch has it, the processor kept as cpu_model; the whole
+    # board's 64 tiles, not the file's vcpus 10
     assert (n0.kind, n0.arch, n0.model, n0.cpus, n0.memory_mb, n0.disk_gb) == (
-        "netboot", "TILEPro64", "TILEmpower", 10, 16218, 917)
+        "netboot", "tilepro64", "TILEmpower", 64, 16218, 917)
+    assert (n0.hardware["cpu_model"], n0.hardware["tile_grid"]) == ("TILEPro64", "8x8")
     assert n0.macs == ("00:1a:ca:00:57:90",) and n0.ip is None
     assert n0.boot.method == "nfsroot" and n0.boot.get("board") == 0
     assert n0.power.driver == "manual"
@@ -208,3 +211,69 @@ def test_cli_reads_stdin_and_warns_about_names_already_in_the_inventory(tmp_path
 def test_cli_prefix(prefix):
     result = run("import-tilera", "-", "--prefix", prefix, input=NOVA_ROW + "\n")
     assert f"{prefix}6" in tomllib.loads(result.stdout)["nodes"]
+
+
+# ---------------------------------------------------------------------- what a deploy needs
+
+def row(board_id: int, cpu_info: str, vcpus: int = 10) -> str:
+    return f"{board_id} 00:1A:CA:00:70:{board_id:02X} {vcpus} 16384 500 0 0 tilera_hv 1 {cpu_info}\n"
+
+
+def imported(text: str):
+    toml_text, result = import_tilera(text)
+    nodes, problems = check_inventory_data(tomllib.loads(toml_text), "x")
+    assert problems == []
+    return nodes, result, toml_text
+
+
+@pytest.mark.parametrize("cpu_info,arch,grid,cpus", [
+    ('{"arch":"TILEPro64"}', "tilepro64", "8x8", 64),                       # the family says 8x8
+    ('{"arch":"TILE64","features":["8x8Grid"]}', "tile64", "8x8", 64),
+    ('{"arch":"TILE-Gx36"}', "tilegx", "6x6", 36),
+    ('{"arch":"tilegx8072"}', "tilegx", "8x9", 72),                          # product number
+    ('{"arch":"TILE-Gx","features":["10x10Grid"]}', "tilegx", "10x10", 100),
+    ('{"arch":"TILE-Gx","tile_grid":"4x4"}', "tilegx", "4x4", 16),           # the file's own grid stays
+])
+def test_a_tilera_board_is_given_whole_by_its_tile_grid(cpu_info, arch, grid, cpus):
+    nodes, result, _ = imported(row(1, cpu_info))
+    node = nodes["tilera-1"]
+    assert (node.arch, node.hardware["tile_grid"], node.cpus) == (arch, grid, cpus)
+    assert result.warnings == []
+
+
+def test_a_board_of_unknown_grid_keeps_vcpus_and_says_why():
+    nodes, result, _ = imported(row(1, '{"arch":"TILE-Gx"}', vcpus=7))
+    assert nodes["tilera-1"].cpus == 7 and "tile_grid" not in nodes["tilera-1"].hardware
+    (warning,) = result.warnings
+    assert str(warning).startswith("line 1: board 1: cpus = vcpus 7: the tile grid is unknown")
+    assert "hardware.tile_grid" in str(warning)
+
+
+def test_a_board_that_is_no_tilera_keeps_its_arch_and_vcpus():
+    nodes, result, _ = imported(row(1, '{"arch":"aarch64","model":"Pi"}', vcpus=4))
+    node = nodes["tilera-1"]
+    assert (node.arch, node.cpus, node.model) == ("aarch64", 4, "Pi")
+    assert "tile_grid" not in node.hardware and "cpu_model" not in node.hardware
+
+
+def test_every_blank_a_deploy_needs_is_marked_fill_in():
+    _, _, text = imported(row(4, '{"arch":"TILEPro64"}'))
+    fill = [line for line in text.splitlines() if "FILL IN" in line]
+    assert any("ip" in line for line in fill)
+    assert any("PDU outlet" in line for line in fill)
+    assert any("tftp_root" in line for line in fill)
+    assert any("proxy" in line for line in fill)
+    assert any("ssh key" in line for line in fill)
+    for header in ("[nodes.tilera-4.proxy]", "[nodes.tilera-4.ssh]"):
+        assert f"# {header}" in text                 # commented out: uncommenting fills it in
+
+
+def test_the_blueprint_boards_serve_the_tp64_instance_type():
+    from bmm import instance_types
+
+    text, _ = import_tilera(blueprint_text())
+    nodes, _ = check_inventory_data(tomllib.loads(text), "x")
+    served, unserved, idle = instance_types.match(nodes.values())
+    assert [m.itype.name for m in served] == ["tp64.8x8"] and idle == []
+    assert len(served[0].boards) == 10 and (served[0].cpus, served[0].memory_mb) == (64, 16218)
+    assert [t.name for t in unserved] == ["t64.8x8", "tgx.4x4", "tgx.6x6", "tgx.8x8", "tgx.10x10"]
