@@ -14,6 +14,11 @@ The file is read the way the blueprint prints it, not only the way nova's parser
   warning (`strict=True` makes that an error). Any other bad JSON, a wrong field count or a bad
   number is an error for that row only; the good rows still import. Every message carries the
   physical line number.
+
+The TOML passes `bmm nodes validate` as written and marks with `FILL IN` what a deploy needs
+that the file lacks (ip, PDU outlet, the proxy's files, bmm's ssh key; docs/boards.md). A
+Tilera board is given whole: its `cpus` are its tiles (hardware.tile_grid, from the processor
+or the cpu_info features, as bmm.instance_types reads them), not nova's vcpus.
 """
 
 from __future__ import annotations
@@ -406,16 +411,19 @@ def board_to_toml(board: Board, *, prefix: str = "tilera-", source: str = "tiler
         "# reports power as unknown) and the board cannot be deployed. Replace the line below with:",
         '#   driver        = "pdu"',
         '#   host          = "<PDU address>"',
-        '#   protocol      = "telnet"          # or "ssh"',
+        '#   protocol      = "telnet"          # or "ssh"; port: 23 / 22 unless set',
+        '#   dialect       = "apc"             # the default; see docs/power.md',
         '#   user          = "<PDU user>"',
         '#   password_file = "/etc/one/bmm/secrets/pdu"',
         f"#   outlet        = <outlet of board {board.board_id}>   # from the rack wiring, never computed",
         'driver = "manual"',
         "",
         f"[{table}.boot]",
-        "# FILL IN where the proxy differs from the blueprint's: tftp_root (/tftpboot holds",
-        f"# vmlinux_{board.board_id}_nfs, or _1 and _2 for tftp2stage), nfs_root (fs_{board.board_id}; default tftp_root),",
-        '# tile_monitor (default: on the PATH), board (the id in the boot files the board fetches).',
+        "# FILL IN where the proxy differs from the blueprint's: tftp_root (default /tftpboot, holding",
+        f"# vmlinux_{board.board_id}_nfs, or vmlinux_{board.board_id}_1 and vmlinux_{board.board_id}_2 for tftp2stage), "
+        f"nfs_root (parent of fs_{board.board_id};",
+        "# default tftp_root), tile_monitor (default: on the PATH), board (the id in the names of",
+        "# the boot files the board fetches).",
         'method = "nfsroot"                # or "tftp2stage" (the field report\'s option 2)',
         f"board  = {board.board_id}",
         "",
