@@ -125,31 +125,32 @@ def board_facts(node) -> Board:
              if isinstance(value, str) and (parsed := family_of(value))]
     if not found:
         return Board(family=None, grid=None, **base)
-    attribute, value, family, _ = found[0]
+    first = found[0]
+    attribute, value, family, _ = first
     for other, other_value, other_family, _ in found[1:]:
         if other_family != family:
             return Board(family=family, grid=None, problem=f"its {attribute} {value} and {other} {other_value} "
                                                            "are different Tilera families", **base)
-    named = [(a, v) for a, v, _, count in found if count] or [(attribute, value)]
-    sources = [(attribute, value)] + [s for s in named[:1] if s != (attribute, value)]
-    if any('"' in v for _, v in sources):
+    # the name that tells the tile count (TILEPro64, TILE-Gx36) is required too, wherever it is
+    counted = next((f for f in found if f[3]), None)
+    sources = [first] + ([counted] if counted is not None and counted is not first else [])
+    if any('"' in v for _, v, _, _ in sources):
         return Board(family=family, grid=None, problem=f"its {attribute} cannot be named in SCHED_REQUIREMENTS "
                                                        "(it holds a double quote)", **base)
-    clauses = [_is(a, v) for a, v in sources]
-    implied_count = next((count for _, _, _, count in found if count), None)
-    implied = GRIDS.get(implied_count) if implied_count else None
-    if implied_count and implied is None:
-        return Board(family=family, grid=None, problem=f"{named[0][1]} has {implied_count} tiles, not a Tilera grid",
+    clauses = [_is(a, v) for a, v, _, _ in sources]
+    implied = GRIDS.get(counted[3]) if counted is not None else None
+    if counted is not None and implied is None:
+        return Board(family=family, grid=None, problem=f"{counted[1]} has {counted[3]} tiles, not a Tilera grid",
                      **base)
     grid = None
     raw = hardware.get("tile_grid")
     if raw is not None:
         grid = parse_grid(str(raw))
         if grid is None or '"' in str(raw):
-            return Board(family=family, grid=None, problem=f'hardware.tile_grid {str(raw)[:20]!r} is not "<rows>x<columns>"',
-                         **base)
+            return Board(family=family, grid=None,
+                         problem=f'hardware.tile_grid {str(raw)[:20]!r} is not "<rows>x<columns>"', **base)
         if implied and grid != implied:
-            return Board(family=family, grid=None, problem=f"hardware.tile_grid {raw} disagrees with {named[0][1]} "
+            return Board(family=family, grid=None, problem=f"hardware.tile_grid {raw} disagrees with {counted[1]} "
                                                            f"({implied[0]}x{implied[1]} tiles)", **base)
         clauses.append(_is("BMM_TILE_GRID", str(raw)))
     elif implied:

@@ -420,8 +420,8 @@ def board_to_toml(board: Board, *, prefix: str = "tilera-", source: str = "tiler
         "",
         f"[{table}.boot]",
         "# FILL IN where the proxy differs from the blueprint's: tftp_root (default /tftpboot, holding",
-        f"# vmlinux_{board.board_id}_nfs, or vmlinux_{board.board_id}_1 and vmlinux_{board.board_id}_2 for tftp2stage), "
-        f"nfs_root (parent of fs_{board.board_id};",
+        f"# vmlinux_{board.board_id}_nfs, or vmlinux_{board.board_id}_1 and vmlinux_{board.board_id}_2 "
+        f"for tftp2stage), nfs_root (parent of fs_{board.board_id};",
         "# default tftp_root), tile_monitor (default: on the PATH), board (the id in the names of",
         "# the boot files the board fetches).",
         'method = "nfsroot"                # or "tftp2stage" (the field report\'s option 2)',

@@ -79,7 +79,8 @@ def fill_in(text: str, node: str, real: dict, lab_board: str, method: str) -> st
     text = replace_line(text, node, 'driver = "manual"', [f"{k} = {toml_value(power[k])}" for k in (
         "driver", "host", "port", "protocol", "user", "password_file", "outlet", "dialect")])
     boot = {k: v for k, v in real["boot"].items() if k not in ("method", "board")}
-    text = replace_line(text, node, "method = ", [f'method = "{method}"'] + [f"{k} = {toml_value(v)}" for k, v in boot.items()])
+    text = replace_line(text, node, "method = ",
+                        [f'method = "{method}"'] + [f"{k} = {toml_value(v)}" for k, v in boot.items()])
     text = replace_line(text, node, "board  = ", [f'board  = "{lab_board}"'])
     text = replace_line(text, node, f"# [nodes.{node}.ssh]", [f"[nodes.{node}.ssh]"])
     text = replace_line(text, node, "# key         = ", [f"key         = {toml_value(real['ssh']['key'])}"])

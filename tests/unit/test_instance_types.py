@@ -137,3 +137,9 @@ def test_the_evaluator_follows_opennebulas_grammar():
     assert evaluate('(A = "y" & N = 3) | (N = 3 & A = "x")', host)
     assert not evaluate('MISSING = "x"', host) and not evaluate('MISSING != "x"', host)
     assert not evaluate('A = ""', host) and evaluate("N > 2", host) and not evaluate('A = "X"', host)
+
+
+def test_names_of_two_families_serve_no_type():
+    (mixed,) = nodes(mixed=board("mixed", "tilepro64", cpu_model="TILE-Gx36"))
+    served, _, idle = match([mixed])
+    assert served == [] and "different Tilera families" in instance_types.board_note(idle[0])
