@@ -36,8 +36,10 @@ from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, 
                        STOPPING)
 from bmm.storage.adapt import adapt_root
 from bmm.storage.lvm import LvmDisk
-from bmm.storage.image import inspect_image, probe_layout
-from bmm.storage.stream import copy_image_to_lv
+from bmm.storage.chain import inspect_source
+from bmm.storage.delivery import deliver_image
+from bmm.storage.digests import DigestCache
+from bmm.storage.image import probe_layout
 from bmm.transport.ssh import SshSession, SshTransport
 from vmm_drivers.base import InstanceState, Kind, Step, TmCall, VmmCall, describe, not_supported
 from vmm_drivers.rearm import start_rearm
@@ -380,8 +382,10 @@ class LocalDiskKind(Kind):
         if disk is None:
             raise InputError("the clone destination is not a disk.<n> path")
         lv = disk_lv(vm, disk)
-        info = inspect_image(call.src_path)
-        layout = probe_layout(call.src_path, info.format, info)
+        # a qcow2 may have a backing chain, but only inside its own datastore's directory
+        src = inspect_source(call.src_path, within=os.path.dirname(call.src_path))
+        info = src.info
+        layout = probe_layout(src.spec or call.src_path, info.format, info)
         step.go(DEPLOYING, reason=f"clone disk {disk} of VM {vm}")
         session = self.home_os()
         with session:
@@ -394,11 +398,13 @@ class LocalDiskKind(Kind):
             created = self.disk.create(session, lv, size, tags=("bmm", f"bmm_vm_{vm}"))
             self._note_lv(vm, lv, created.size)
             self.reporter.info(f"copying image {call.src_path.rsplit('/', 1)[-1]} ({size // 2**20} MiB) "
-                               f"to {self.vg}/{lv}")
+                               f"to {self.vg}/{lv} over {self.disk.image_transport}")
             with self.disk.open(session, lv) as dev:
-                copy_image_to_lv(session, call.src_path, info.format, dev, created.size,
-                                 offset=offset, length=size, info=info, timeout=COPY_TIMEOUT,
-                                 progress=lambda d, t: self.reporter.progress(f"disk {disk}", d, t))
+                deliver_image(session, call.src_path, info.format, dev, created.size, offset=offset,
+                              length=size, info=info, source=src.spec, transport=self.disk.image_transport,
+                              digests=DigestCache(str(Path(self.config.state_db).parent / "digests")),
+                              timeout=COPY_TIMEOUT,
+                              progress=lambda d, t: self.reporter.progress(f"disk {disk}", d, t))
                 if boot_disk:
                     adapted = adapt_root(session, dev, vg=self.vg, lv=lv)
         if boot_disk:

@@ -390,11 +390,17 @@ class LvmDisk:
     SETTINGS = {
         "vg": Setting(settings.lvm_name, "the volume group instance disks are carved from"),
         "lv_prefix": Setting(settings.lvm_name, "logical volume name prefix"),
+        "image_transport": Setting(
+            settings.choice("http", "ssh", "session"),
+            "how image bytes reach the node (bmm.storage.delivery): http (default; the node pulls "
+            "from a one-shot server on the front-end, integrity by HMAC, bytes in clear), ssh "
+            "(encrypted, inside the OpenSSH client), session (the control session; slowest)"),
     }
 
     def __init__(self, node: str, table: Mapping[str, Any]):
         self.node = node
         self.vg = table["vg"]
+        self.image_transport = table.get("image_transport", "http")
 
     @classmethod
     def validate(cls, table: Mapping[str, Any]) -> list[tuple[str, str]]:
