@@ -75,12 +75,15 @@ def no_secret_left(lab, node, *roots):
     secret = Path(lab.lab_node(node)["password_file"]).read_text().strip().encode()
     assert not list(Path("/dev/shm").glob("bmm-ipmi-*"))
     for root in (Path("/dev/shm"), Path("/tmp"), *roots):
-        for path in root.rglob("*"):
-            try:
-                if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 * 2**20:
-                    assert secret not in path.read_bytes(), f"{path} holds the BMC password"
-            except (PermissionError, FileNotFoundError):
-                continue
+        # os.walk, not rglob: other processes' temporary directories come and go meanwhile
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath) / name
+                try:
+                    if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 * 2**20:
+                        assert secret not in path.read_bytes(), f"{path} holds the BMC password"
+                except OSError:
+                    continue
 
 
 def delete_vm(one, node, vm):
