@@ -224,6 +224,7 @@ def _facts_of_tar(path: str, arch: str) -> RootFacts:
 # ELF e_machine numbers (the ELF ABI; Linux include/uapi/linux/elf-em.h)
 ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 188: "tilepro", 191: "tilegx", 243: "riscv"}
 ARCH_ALIASES = {"tilepro64": "tilepro", "tilepro": "tilepro", "tile64": "tilepro", "tilegx": "tilegx",
+                "tilegx36": "tilegx", "tile-gx": "tilegx", "tile-gx36": "tilegx",
                 "x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64",
                 "riscv64": "riscv", "riscv": "riscv", "armv7l": "arm", "arm": "arm"}
 
