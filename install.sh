@@ -14,7 +14,8 @@ driver scripts into OpenNebula's remotes directory.
 Options:
   --dev               also install what the test suite needs (pytest), and install bmm
                       editable from this checkout
-  --no-lab            skip the packages only the simulated lab needs (ipmi_sim, sshd, tftpd,
+  --no-lab            leave out the simulated lab (`bmm lab`, the bmm-lab package from lab/)
+                      and the system packages only it needs (ipmi_sim, sshd, tftpd,
                       nfs-ganesha, ...); for a production front-end
   --prefix DIR        virtualenv location (default /opt/bmm)
   --remotes DIR       install vmm/bmm, tm/bmm, im/bmm.d and etc/bmm into DIR
@@ -104,13 +105,19 @@ fi
 
 # Reinstall only when the source (or the install mode) changed.
 stamp="$PREFIX/.bmm-installed"
-want="$(cd "$SRC" && { echo "dev=$DEV src=$SRC"; find pyproject.toml bmm vmm_drivers im_drivers -type f \
+want="$(cd "$SRC" && { echo "dev=$DEV lab=$LAB src=$SRC"; find pyproject.toml lab bmm vmm_drivers im_drivers -type f \
         -name '*.py' -o -name '*.toml' -o -name 'pyproject.toml' | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing bmm into $PREFIX"
     log="$(mktemp /tmp/bmm-install.XXXXXX.log)"
-    spec="$SRC"
-    [ "$DEV" = 1 ] && spec="-e $SRC[test]"
+    # the lab (lab/, package bmm_lab) is a project of its own: the product never imports it
+    if [ "$DEV" = 1 ]; then
+        spec="-e $SRC[test]"
+        [ "$LAB" = 1 ] && spec="$spec -e $SRC/lab"
+    else
+        spec="$SRC"
+        [ "$LAB" = 1 ] && spec="$spec $SRC/lab"
+    fi
     # shellcheck disable=SC2086
     if ! "$PREFIX/bin/python" -m pip install --disable-pip-version-check $spec >"$log" 2>&1; then
         tail -n 30 "$log" >&2
@@ -152,4 +159,8 @@ fi
 if [ "$APPLY_CONFIG" = 1 ]; then
     "$PREFIX/bin/bmm" remotes apply-config --oned "$ONED" --monitord "$MONITORD"
 fi
-say "done. Try: bmm lab demo"
+if [ "$LAB" = 1 ]; then
+    say "done. Try: bmm lab demo"
+else
+    say "done. Check this front-end with: bmm doctor"
+fi

@@ -251,7 +251,7 @@ def main() -> int:
         if not args.no_lab:
             if os.geteuid() != 0:
                 raise SystemExit("the lab needs root; run with --no-lab to measure without a machine")
-            from bmm.lab.testing import LabHandle
+            from bmm_lab.testing import LabHandle
             print("bringing up a two-server lab ...", flush=True)
             lab = LabHandle.up(servers=2, boards=0)
             inventory, off_host = lab.inventory, lab.servers[0]
@@ -304,7 +304,7 @@ def main() -> int:
             poll_on = Candidate("poll, lab machine", [str(vmm / "poll"), f"bmm-{on_host}-{VM_ON}", on_host, str(VM_ON),
                                                       on_host], cwd=root, stdin=on_stdin, expect="STATE=a",
                                 instrument=True, bmc=True)
-            from bmm.lab import bmc
+            from bmm_lab import bmc
             operator = Candidate("ipmitool power status", bmc.ipmitool_argv(lab.lab_node(on_host), "power", "status"),
                                  cwd=root, expect="Chassis Power is on", bmc=True)
             candidates += [poll_on, operator]

@@ -45,7 +45,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
 
-from bmm.lab.testing import LabHandle  # noqa: E402
+from bmm_lab.testing import LabHandle  # noqa: E402
 from bmm.storage import chain, delivery  # noqa: E402
 from bmm.storage.digests import DigestCache  # noqa: E402
 from bmm.transport.ssh import SshSession  # noqa: E402

@@ -18,8 +18,8 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 sys.path.insert(0, os.path.dirname(_here))
 
-from bmm.lab import rack  # noqa: E402
-from bmm.lab.testing import leftovers  # noqa: E402
+from bmm_lab import rack  # noqa: E402
+from bmm_lab.testing import leftovers  # noqa: E402
 
 UP_TARGET_S = 20.0
 DOWN_TARGET_S = 10.0

@@ -12,8 +12,11 @@ import click
 from bmm import __version__
 from bmm.guard import debug, describe_error
 
+# `bmm lab` lives in its own package (lab/, bmm_lab), installed by install.sh unless --no-lab;
+# the product never imports it, it is only named here
+OPTIONAL = {"lab": "the simulated lab (package bmm-lab, lab/ in bmm's source): ./install.sh without --no-lab"}
 GROUPS = {
-    "lab": "bmm.cli.lab",
+    "lab": "bmm_lab.cli",
     "nodes": "bmm.cli.nodes",
     "one": "bmm.cli.one",
     "power": "bmm.cli.power",
@@ -37,7 +40,7 @@ class BmmGroup(click.Group):
         except ModuleNotFoundError as exc:
             if exc.name != GROUPS[name]:
                 raise
-            return _not_built(name)
+            return _not_installed(name) if name in OPTIONAL else _not_built(name)
         return module.cli
 
     def invoke(self, ctx):
@@ -66,6 +69,15 @@ def _log_to_terminal() -> None:
     logging.captureWarnings(True)
 
 
+def _not_installed(name: str) -> click.Command:
+    @click.command(name, help=f"(not installed) {OPTIONAL[name]}.",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def stub():
+        raise click.ClickException(f"`bmm {name}` is not installed here: {OPTIONAL[name]}")
+
+    return stub
+
+
 def _not_built(name: str) -> click.Command:
     @click.command(name, help=f"(not built yet) the `{name}` commands.",
                    context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -86,7 +98,7 @@ def main(config):
     \b
     Command groups:
       lab      a simulated rack on this machine (try `bmm lab demo` first)
-      nodes    the inventory: validate, list, show, import legacy tilera_boards
+      nodes    the inventory: validate, list, show, inspect, import legacy tilera_boards
       one      register the inventory in OpenNebula, reconcile both sides
       power    switch and query node power through BMCs, PDUs and ssh
       remotes  install OpenNebula's driver scripts and print oned.conf blocks

@@ -2,11 +2,11 @@
 
 - `lab` (session): one lab shared by every lab test of the session.
 - `module_lab` (module): a fresh lab for a module whose tests break or re-boot nodes.
-Both yield a bmm.lab.testing.LabHandle and ALWAYS tear the lab down (failure, Ctrl-C, or a
+Both yield a bmm_lab.testing.LabHandle and ALWAYS tear the lab down (failure, Ctrl-C, or a
 crash of the test process: an atexit hook runs `down` for labs still up).
 
 Environment: BMM_LAB_SERVERS (default 2), BMM_LAB_BOARDS (default 2 when the board half
-bmm.lab.netboot can make machines, else 0), BMM_LAB_MODULE_BOARDS (module_lab; default 0),
+bmm_lab.netboot can make machines, else 0), BMM_LAB_MODULE_BOARDS (module_lab; default 0),
 BMM_LAB_KEEP_DIR=1 keeps DIR (logs) after down.
 """
 
@@ -35,7 +35,7 @@ atexit.register(_down_all_at_exit)
 
 
 def _counts() -> tuple[int, int]:
-    from bmm.lab.rack import board_module
+    from bmm_lab.rack import board_module
     servers = int(os.environ.get("BMM_LAB_SERVERS", "2"))
     default_boards = "2" if board_module() is not None else "0"
     boards = int(os.environ.get("BMM_LAB_BOARDS", default_boards))
@@ -45,7 +45,7 @@ def _counts() -> tuple[int, int]:
 def lab_session(servers: int | None = None, boards: int | None = None):
     """Generator for a lab fixture: up, yield the handle, always down."""
     require_lab(*LAB_TOOLS)
-    from bmm.lab.testing import LabHandle
+    from bmm_lab.testing import LabHandle
     s, b = _counts()
     handle = LabHandle.up(servers=s if servers is None else servers, boards=b if boards is None else boards)
     _live[str(handle.dir)] = handle

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bmm.inventory import load_inventory
-from bmm.lab import netboot
+from bmm_lab import netboot
 from bmm.opennebula import register, template
 from bmm.state import open_store
 from bmm.tilera import toml_value

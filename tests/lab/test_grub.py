@@ -99,9 +99,9 @@ def test_errors_name_the_node_and_cause(boot, ex):
 
 
 def test_the_lab_grub_emulator_boots_our_entry_once(boot, ex):
-    """The lab's GRUB emulator (bmm.lab.grubboot) reads exactly what bmm writes."""
+    """The lab's GRUB emulator (bmm_lab.grubboot) reads exactly what bmm writes."""
     require_lab(*TOOLS)
-    grubboot = pytest.importorskip("bmm.lab.grubboot")
+    grubboot = pytest.importorskip("bmm_lab.grubboot")
     b = str(boot)
     grub.ensure_saved_entry(ex, b, "home")
     grub.write_tenant_entry(ex, b, entry("bmm-vm42", "bmm vm 42", "bmm-vg", "one-42-0", "/vmlinuz", "/initrd.img"))

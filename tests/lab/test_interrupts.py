@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bmm.config import load_config
-from bmm.lab.images import build_image, build_root
+from bmm_lab.images import build_image, build_root
 from bmm.state import open_store
 from tests.onemock import OpenNebula, drv_action, vm_xml
 

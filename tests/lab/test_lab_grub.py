@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from bmm.lab import images
+from bmm_lab import images
 
 pytestmark = pytest.mark.lab
 

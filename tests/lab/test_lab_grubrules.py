@@ -1,4 +1,4 @@
-"""GRUB rule evaluation (bmm.lab.grubboot) on Debian-like grub.cfg files; grubenv via the real
+"""GRUB rule evaluation (bmm_lab.grubboot) on Debian-like grub.cfg files; grubenv via the real
 grub-editenv. No root needed."""
 
 import shutil
@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from bmm.lab import grubboot
-from bmm.lab.server import write_boot_dir
+from bmm_lab import grubboot
+from bmm_lab.server import write_boot_dir
 
 pytestmark = pytest.mark.skipif(shutil.which("grub-editenv") is None, reason="needs grub-editenv")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bmm.lab.testing import LabHandle, leftovers
+from bmm_lab.testing import LabHandle, leftovers
 from tests.support import require_lab
 
 pytestmark = pytest.mark.lab
@@ -73,7 +73,7 @@ def test_up_refuses_a_dir_with_a_live_lab(lab):
 def test_down_after_kill_9_of_daemon_and_children(lab_dir):
     h = LabHandle.up(lab_dir, servers=2, boards=0)
     lab_id = h.id
-    from bmm.lab.rack import lab_processes
+    from bmm_lab.rack import lab_processes
     pids = lab_processes(Path(lab_dir), lab_id)
     assert len(pids) >= 5              # daemon, 2 ipmi_sim, 2 x (unshare, nodeinit, sshd)
     for pid in pids:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bmm.config import load_config
-from bmm.lab.images import build_image, build_root
+from bmm_lab.images import build_image, build_root
 from bmm.runner import LocalExecutor
 from bmm.state import open_store
 from bmm.storage.lvm import lv_segments, open_lv

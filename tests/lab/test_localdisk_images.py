@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bmm.lab.images import build_image
-from bmm.lab.toml import dumps
+from bmm_lab.images import build_image
+from bmm_lab.toml import dumps
 from bmm.runner import LocalExecutor
 from bmm.state import open_store
 from bmm.config import load_config

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from bmm.lab.images import build_image
+from bmm_lab.images import build_image
 from bmm.state import open_store
 from bmm.config import load_config
 from bmm.transport.ssh import SshSession, SshTarget

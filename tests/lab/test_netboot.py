@@ -1,4 +1,4 @@
-"""Lab boards (bmm/lab/netboot.py + pdu.py + tile_monitor.py) against real peers: the lab
+"""Lab boards (lab/bmm_lab/netboot.py + pdu.py + tile_monitor.py) against real peers: the lab
 daemon with two boards, in.tftpd and the tftp-hpa client, nfs-ganesha and nfs-ls, the PDU
 over telnet/ssh (the real binaries under pexpect), OpenSSH on the boards, the tile-monitor
 stand-in as the installed executable."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bmm.lab import netboot
+from bmm_lab import netboot
 from tests.support import require_lab
 
 BOARD_TOOLS = ("in.tftpd", "tftp", "ganesha.nfsd", "nfs-ls", "rpcbind", "busybox", "sshd", "ssh",
@@ -336,7 +336,7 @@ def test_kernel_format_round_trip(tmp_path):
 
 
 def test_tile_monitor_grammar():
-    from bmm.lab.tile_monitor import UsageError, parse
+    from bmm_lab.tile_monitor import UsageError, parse
     plan = parse(["--resume", "--net", "10.0.2.7", "--run", "-", "ifconfig", "xgbe0", "hw", "ether",
                   "00:1A:CA:00:58:5C", "-", "--wait", "--run", "-", "/usr/sbin/sshd", "-", "--wait", "--quit"])
     assert plan.net == "10.0.2.7" and plan.quit

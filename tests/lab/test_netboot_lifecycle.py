@@ -6,7 +6,7 @@ In oned's order (protocol §8.4), through the emulation of its exec drivers, for
 methods: clone -> context -> deploy -> ssh in with the CONTEXT key (hostname, os-release) ->
 reboot -> reset -> shutdown -> context + deploy (resume) -> cancel -> delete. Then the canary
 (tenant B never reads what tenant A wrote, on fs_<board> or on /dev/sda1) and the faults.
-board1 boots its NFS root, board2 the two-stage TFTP boot (bmm.lab.netboot.boot_method).
+board1 boots its NFS root, board2 the two-stage TFTP boot (bmm_lab.netboot.boot_method).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bmm.lab import netboot
+from bmm_lab import netboot
 from bmm.state import open_store
 from bmm.transport.ssh import SshSession, SshTarget
 from tests.onemock import OpenNebula, drv_action, vm_xml
@@ -292,7 +292,7 @@ def faulty(world):
     """A second front-end for the same boards, with short deadlines and an inventory whose PDU
     password file, PDU port and tile-monitor each test may break (and must put back)."""
     import tomllib
-    from bmm.lab.toml import dumps
+    from bmm_lab.toml import dumps
 
     inv = tomllib.loads(world.lab.inventory.read_text())
     real_password = Path(inv["nodes"][NFS]["power"]["password_file"])
@@ -333,7 +333,7 @@ def faulty(world):
 def _pdu_port(faulty, port: int | None = None) -> int:
     """The faulty inventory's PDU port (set it when port is given)."""
     import tomllib
-    from bmm.lab.toml import dumps
+    from bmm_lab.toml import dumps
 
     inv = tomllib.loads(faulty.inventory.read_text())
     old = inv["nodes"][NFS]["power"]["port"]

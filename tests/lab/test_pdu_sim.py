@@ -1,5 +1,5 @@
-"""The lab PDU (bmm/lab/pdu.py) against real clients: the `telnet` and `ssh` binaries driven by
-pexpect, the PDU running standalone (`python -m bmm.lab.pdu --config FILE`)."""
+"""The lab PDU (lab/bmm_lab/pdu.py) against real clients: the `telnet` and `ssh` binaries driven by
+pexpect, the PDU running standalone (`python -m bmm_lab.pdu --config FILE`)."""
 
 import os
 import subprocess
@@ -41,7 +41,7 @@ def pdu(tmp_path):
         '5 = "tile5"\n'
     )
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen([sys.executable, "-m", "bmm.lab.pdu", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "bmm_lab.pdu", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -208,7 +208,7 @@ def test_password_never_on_argv_or_in_log(pdu):
 
 
 def test_outlet_arguments(tmp_path):
-    from bmm.lab.pdu import Outlets, PduConfig
+    from bmm_lab.pdu import Outlets, PduConfig
     pw = tmp_path / "pw"
     pw.write_text("x\n")
     o = Outlets(PduConfig(password_file=pw, telnet_port=0, ssh_port=None, outlets=8, names={5: "tile5"}))

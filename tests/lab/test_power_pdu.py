@@ -28,7 +28,7 @@ def pace_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def board(lab):
     if not lab.boards:
-        pytest.skip("the lab has no boards (bmm.lab.netboot cannot make machines)")
+        pytest.skip("the lab has no boards (bmm_lab.netboot cannot make machines)")
     name = lab.boards[0]
     yield name
     lab.power(name, "on")

@@ -20,7 +20,7 @@ import pytest
 
 from bmm.config import load_config
 from bmm.inventory import node_for_host
-from bmm.lab.images import build_image
+from bmm_lab.images import build_image
 from bmm.opennebula import template
 from bmm.runner import LocalExecutor
 from bmm.state import open_store

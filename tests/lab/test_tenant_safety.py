@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from bmm.config import load_config
-from bmm.lab.images import build_image
+from bmm_lab.images import build_image
 from bmm.state import open_store
 from bmm.transport.ssh import SshSession, SshTarget
 from tests.onemock import OpenNebula, drv_action, vm_xml

@@ -141,7 +141,7 @@ def images_dir(frontend) -> Path:
 @pytest.fixture(scope="package")
 def tenant_image(cloud, images_dir) -> int:
     """The tenant OS (busybox, os-release ID=tenantos) registered in bm_images."""
-    from bmm.lab.images import build_image
+    from bmm_lab.images import build_image
     path = build_image(images_dir / "tenant.img", os_id="tenantos", name="Tenant OS", version="42",
                        layout="fs", size="48M")
     return cloud.register_image(Path(path), "tenant-os")

@@ -304,7 +304,7 @@ def test_host_used_disk_follows_the_instance_disk(cloud, fleet):
 # -- 7 ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def qcow2_image(cloud, images_dir) -> int:
-    from bmm.lab.images import build_image
+    from bmm_lab.images import build_image
     path = build_image(images_dir / "tenant.qcow2", os_id="tenantos", name="Tenant OS", version="42",
                        layout="fs", fmt="qcow2", size="48M")
     return cloud.register_image(Path(path), "tenant-os-qcow2")

@@ -38,7 +38,7 @@ def reported(node, running_vms: int = 0) -> dict:
     return attrs
 
 
-# the lab's board table (bmm.lab.netboot.inventory): what test_netboot_lifecycle sees reported
+# the lab's board table (bmm_lab.netboot.inventory): what test_netboot_lifecycle sees reported
 LAB = dict(arch="tilepro64", vendor="tilera", cpu_model="TILEPro64", topology="8x8 tiles", tile_grid="8x8")
 
 

@@ -1,7 +1,7 @@
-"""pid 1 of a lab server's operating system: `python -m bmm.lab.nodeinit SPEC.json`.
+"""pid 1 of a lab server's operating system: `python -m bmm_lab.nodeinit SPEC.json`.
 
 The daemon starts it as `ip netns exec <ns> unshare --pid --fork --kill-child --mount-proc
---mount --uts --propagation private python -m bmm.lab.nodeinit SPEC`. It sets the hostname,
+--mount --uts --propagation private python -m bmm_lab.nodeinit SPEC`. It sets the hostname,
 builds the node's private mounts, then runs sshd -D as the node's only service.
 
 - home OS: this host's userland; the server's boot dir bind-mounted on /boot; shims for
@@ -126,7 +126,7 @@ class Init:
         if spec.get("shims_dir"):
             sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={spec['shims_dir']}:/usr/sbin", "/usr/sbin")
         if spec.get("pci_devices") and os.path.isdir("/sys/bus/pci/devices"):
-            # the server's emulated PCI view (bmm.lab.server.write_pci_view), read-only
+            # the server's emulated PCI view (bmm_lab.server.write_pci_view), read-only
             sh("mount", "--bind", "-o", "ro", spec["pci_devices"], "/sys/bus/pci/devices")
         # the node's own (empty) root home: the host's dotfiles (a shell rc that blocks on a
         # lock, a pyenv) are not the home OS's and must not run in every ssh command

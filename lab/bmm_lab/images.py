@@ -16,7 +16,7 @@ import tempfile
 import uuid as uuidlib
 from pathlib import Path
 
-from bmm.lab import LabError
+from bmm_lab import LabError
 from bmm.runner import run
 
 BUSYBOX = "/bin/busybox"
@@ -34,7 +34,7 @@ MIB = 2**20
 def _parse_size(size: str | int) -> int:
     if isinstance(size, int):
         return size
-    from bmm.lab.rack import parse_size
+    from bmm_lab.rack import parse_size
     return parse_size(size)
 
 

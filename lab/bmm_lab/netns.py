@@ -6,7 +6,7 @@ import ipaddress
 import json
 import subprocess
 
-from bmm.lab import LabError
+from bmm_lab import LabError
 from bmm.runner import run
 
 IP_TIMEOUT = 10.0

@@ -7,8 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bmm.lab import LabError, images, rack
-from bmm.lab.testing import LabHandle
+from bmm_lab import LabError, images, rack
+from bmm_lab.testing import LabHandle
 
 
 class Demo:

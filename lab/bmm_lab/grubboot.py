@@ -20,7 +20,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bmm.lab import LabError
+from bmm_lab import LabError
 from bmm.runner import run
 
 

@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from bmm.lab import LabError, grubboot, lvm
-from bmm.lab.firmware import Machine
+from bmm_lab import IMPORT_PATH, IMPORT_PATHS, LabError, grubboot, lvm
+from bmm_lab.machine import Machine
 from bmm.runner import run
 
 SSH_READY_S = 20.0
@@ -151,7 +151,7 @@ LSPCI_SHIM = """#!{python} -I
 # bmm lab: `lspci` of {node}'s home OS (-n/-nn, -m/-mm, -D). It reads /sys/bus/pci/devices,
 # where the lab mounts the node's emulated PCI view, as lspci's sysfs access method does.
 import os, sys
-sys.path.insert(0, {repo!r})
+sys.path[:0] = {repo!r}
 from bmm.inspect import pciids
 ROOT = "/sys/bus/pci/devices"
 flags = "".join(a[1:] for a in sys.argv[1:] if a.startswith("-") and not a.startswith("--"))
@@ -213,7 +213,7 @@ def write_pci_view(node: dict) -> Path:
     shim = Path(node["shims_dir"]) / "lspci"
     shim.parent.mkdir(parents=True, exist_ok=True)
     shim.write_text(LSPCI_SHIM.format(python=sys.executable, node=node["name"],
-                                      repo=str(Path(__file__).resolve().parents[2])))
+                                      repo=IMPORT_PATHS))
     shim.chmod(0o755)
     node["pci_devices"] = str(root)
     return root
@@ -516,11 +516,11 @@ class Server(Machine):
         node = self.node
         argv = ["ip", "netns", "exec", node["ns"], "unshare", "--pid", "--fork", "--kill-child",
                 "--mount-proc", "--mount", "--uts", "--propagation", "private",
-                sys.executable, "-m", "bmm.lab.nodeinit", str(self.dir / "boot.json"),
+                sys.executable, "-m", "bmm_lab.nodeinit", str(self.dir / "boot.json"),
                 f"bmmlab-{self.fw.lab['id']}-{self.name}"]
         out = open(self.console, "a")
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = IMPORT_PATH
         env.pop("NOTIFY_SOCKET", None)
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

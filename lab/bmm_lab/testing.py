@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bmm.lab import LabError, bmc, firmware, rack
-from bmm.lab.lvm import lvm_env
+from bmm_lab import LabError, bmc, firmware, rack
+from bmm_lab.lvm import lvm_env
 from bmm.runner import Result, run
 
 
@@ -173,7 +173,7 @@ class LabHandle:
 
 def leftovers(lab_id: str, lab_dir: str | Path) -> dict[str, list[str]]:
     """What of a lab still exists on the host (empty lists when `down` did its job)."""
-    from bmm.lab import lvm, names, netns
+    from bmm_lab import lvm, names, netns
     d = Path(lab_dir)
     out: dict[str, list[str]] = {}
     out["netns"] = netns.list_ns(names.ns_prefix(lab_id))

@@ -6,13 +6,18 @@ import json
 import os
 from pathlib import Path
 
-from bmm.lab import LabError
+from bmm_lab import LabError
 
 STATE_FILE = "lab.json"
 
 
 def path(lab_dir: Path | str) -> Path:
     return Path(lab_dir) / STATE_FILE
+
+
+def netboot_dir(lab_dir: Path | str) -> Path:
+    """Where the board half keeps its files (TFTP and NFS roots, the PDU's keys and log)."""
+    return Path(lab_dir) / "netboot"
 
 
 def load(lab_dir: Path | str, *, missing_ok: bool = False) -> dict | None:

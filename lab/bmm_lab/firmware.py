@@ -1,4 +1,4 @@
-"""The lab daemon ("firmware"): one per lab, `python -m bmm.lab.firmware --dir DIR`.
+"""The lab daemon ("firmware"): one per lab, `python -m bmm_lab.firmware --dir DIR`.
 
 It holds every machine's power state and serves DIR/firmware.sock: one JSON request line per
 connection, one JSON answer line (see docs/lab-internals.md). The ipmi_sim chassis hooks, the
@@ -21,8 +21,9 @@ import time
 import traceback
 from pathlib import Path
 
-from bmm.lab import LabError
-from bmm.lab import state as labstate
+from bmm_lab import LabError, addresses
+from bmm_lab.machine import Machine
+from bmm_lab import state as labstate
 
 SOCKET = "firmware.sock"
 PIDFILE = "firmware.pid"
@@ -30,42 +31,6 @@ LOGFILE = "firmware.log"
 ACTIONS = ("status", "on", "off", "reset", "cycle", "soft")
 
 
-class Machine:
-    """A power-switched machine of the lab. Subclass and implement the first four methods."""
-
-    name: str = "?"
-
-    def powered(self) -> bool:
-        raise NotImplementedError
-
-    def power_on(self) -> None:
-        raise NotImplementedError
-
-    def power_off(self) -> None:
-        raise NotImplementedError
-
-    def reset(self) -> None:
-        self.power_off()
-        self.power_on()
-
-    def soft_off(self) -> None:
-        self.power_off()
-
-    def state(self) -> str:
-        return "running" if self.powered() else "off"
-
-    def detail(self) -> str:
-        return ""
-
-    def os_request(self, action: str) -> None:
-        """The OS inside asked to reboot or power off (the shims)."""
-        if action == "reboot":
-            self.reset()
-        else:
-            self.power_off()
-
-    def close(self) -> None:
-        self.power_off()
 
 
 # ------------------------------------------------------------------ client side
@@ -137,7 +102,7 @@ class Firmware:
             sys.stderr.flush()
 
     def board_port(self, i: int) -> int:
-        return int(self.lab["port_base"]) + 50 + i
+        return addresses.board_port(self.lab, i)
 
     def machine_for_outlet(self, outlet: int) -> Machine:
         for n in self.lab["nodes"]:
@@ -154,9 +119,9 @@ class Firmware:
 
     # lifecycle
     def start(self) -> None:
-        from bmm.lab import bmc, server
-        board_mod = _optional("bmm.lab.netboot")
-        pdu_mod = _optional("bmm.lab.pdu")
+        from bmm_lab import bmc, server
+        board_mod = _optional("bmm_lab.netboot")
+        pdu_mod = _optional("bmm_lab.pdu")
         if board_mod is not None and hasattr(board_mod, "start"):
             self._handles.append(board_mod.start(self))
         for node in self.lab["nodes"]:
@@ -166,7 +131,7 @@ class Firmware:
             elif board_mod is not None and hasattr(board_mod, "make_machine"):
                 self.machines[node["name"]] = board_mod.make_machine(self, node)
             else:
-                self.log(f"{node['name']}: no board support (bmm.lab.netboot.make_machine); skipped")
+                self.log(f"{node['name']}: no board support (bmm_lab.netboot.make_machine); skipped")
         if pdu_mod is not None and hasattr(pdu_mod, "start") and any(
                 n["kind"] == "netboot" for n in self.lab["nodes"]):
             self._handles.append(pdu_mod.start(self))
@@ -293,7 +258,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bmm.lab.firmware", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bmm_lab.firmware", description=__doc__)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--tag", default="", help="bmmlab-<id>: names the lab in ps output")
     args = ap.parse_args(argv)

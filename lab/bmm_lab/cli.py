@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from bmm.lab import DEFAULT_DIR
+from bmm_lab import DEFAULT_DIR
 
 REAL_VS_EMULATED = """
 \b
@@ -51,7 +51,7 @@ def _say(msg: str) -> None:
                    "reached from this host via 10.X.n.1.")
 @click.option("--keep-on-failure", is_flag=True, help="Leave a failed lab in place for debugging.")
 def up_cmd(lab_dir, servers, boards, disk_size, net, keep_on_failure):
-    from bmm.lab import rack
+    from bmm_lab import rack
     lab = rack.up(lab_dir, servers=servers, boards=boards, disk_size=disk_size, net=net, say=_say,
                   keep_on_failure=keep_on_failure)
     _say(f"lab {lab['id']} is up in {lab['dir']}: {len(lab['nodes'])} nodes; inventory {lab['dir']}/nodes.toml")
@@ -62,7 +62,7 @@ def up_cmd(lab_dir, servers, boards, disk_size, net, keep_on_failure):
 @DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: lab facts and `nodes`, one object per node.")
 def status_cmd(lab_dir, as_json):
-    from bmm.lab import rack
+    from bmm_lab import rack
     st = rack.status(lab_dir)
     if as_json:
         click.echo(json.dumps(st, indent=2))
@@ -110,7 +110,7 @@ def status_cmd(lab_dir, as_json):
 @DIR_OPTION
 @click.option("--purge", is_flag=True, help="Also delete DIR (logs, keys, inventory).")
 def down_cmd(lab_dir, purge):
-    from bmm.lab import rack
+    from bmm_lab import rack
     rep = rack.down(lab_dir, say=_say, purge=purge)
     _say(f"lab {rep['id'] or '?'} is down: {rep['processes']} processes stopped, {rep['loops']} loop "
          f"devices detached, {rep['netns']} netns and {rep['links']} links removed")
@@ -124,5 +124,5 @@ def down_cmd(lab_dir, purge):
 @click.option("--boards", default=None, type=int, help="default 2 when the board half is built, else 0")
 @click.option("--keep", is_flag=True, help="Leave the lab up at the end.")
 def demo_cmd(lab_dir, servers, boards, keep):
-    from bmm.lab import demo
+    from bmm_lab import demo
     demo.run(lab_dir, servers=servers, boards=boards, keep=keep, say=_say)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bmm.lab import LabError
+from bmm_lab import LabError
 
 HOOK_NAME = "chassis-control"
 

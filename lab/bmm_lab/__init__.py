@@ -15,10 +15,15 @@ import os
 import time
 from pathlib import Path
 
+import bmm
 from bmm.errors import BmmError
 from bmm.locks import flock_until
 
 DEFAULT_DIR = "/var/tmp/bmm-lab"
+# Where the lab's child processes (the firmware daemon, node inits, shims) import bmm_lab and
+# bmm from: the directories these packages were loaded from (a checkout or site-packages).
+IMPORT_PATHS = list(dict.fromkeys(str(Path(f).resolve().parents[1]) for f in (__file__, bmm.__file__)))
+IMPORT_PATH = os.pathsep.join(IMPORT_PATHS)
 # Host-wide: serialises what every lab on this machine shares (network allocation, rpcbind).
 HOST_LOCK = Path("/run/lock/bmm-lab.lock")
 

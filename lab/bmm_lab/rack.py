@@ -26,9 +26,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bmm.lab import DEFAULT_DIR, HOST_LOCK, LabError, file_lock, bmc, firmware, lvm, names, netns, server, shims
-from bmm.lab import state as labstate
-from bmm.lab import toml
+from bmm_lab import DEFAULT_DIR, HOST_LOCK, IMPORT_PATH, LabError, addresses, file_lock, bmc, firmware, lvm, names, netns, server, shims
+from bmm_lab import state as labstate
+from bmm_lab import toml
 from bmm.runner import run
 
 DEFAULT_NET = "10.213.0.0/16"
@@ -67,11 +67,11 @@ class Steps:
 
 
 def board_module():
-    """The board half (bmm.lab.netboot) if it is there and can make machines."""
+    """The board half (bmm_lab.netboot) if it is there and can make machines."""
     try:
-        mod = importlib.import_module("bmm.lab.netboot")
+        mod = importlib.import_module("bmm_lab.netboot")
     except ModuleNotFoundError as exc:
-        if exc.name != "bmm.lab.netboot":
+        if exc.name != "bmm_lab.netboot":
             raise
         return None
     return mod if hasattr(mod, "make_machine") else None
@@ -121,7 +121,7 @@ def up(lab_dir=None, *, servers: int = 2, boards: int | None = None, disk_size: 
     if boards is None:
         boards = 2 if board_mod else 0
     if boards and board_mod is None:
-        raise LabError("boards need the board half of the lab (bmm.lab.netboot.make_machine), which is not built yet; use --boards 0")
+        raise LabError("boards need the board half of the lab (bmm_lab.netboot.make_machine), which is not built yet; use --boards 0")
     if not 0 <= servers <= 49 or not 0 <= boards <= 99 or servers + boards == 0:
         raise LabError("a lab has 0-49 servers and 0-99 boards, and at least one node")
     disk_bytes = parse_size(disk_size)
@@ -213,13 +213,13 @@ def _allocate_and_wire(lab: dict, net: str | None, steps: Steps) -> None:
             if clash:
                 reasons.append(f"{cand} overlaps {clash[0]}")
                 continue
-            port_base = 30000 + 100 * x if x < 355 else None
-            if port_base is None or port_base + 99 > 65535:
+            port_base = addresses.port_base(x)
+            if port_base is None:
                 continue
-            busy = [p for p in range(port_base, port_base + 100)
+            busy = [p for p in range(port_base, port_base + addresses.PORT_BLOCK)
                     if not _port_free(p, socket.SOCK_DGRAM) or not _port_free(p, socket.SOCK_STREAM)]
             if busy:
-                reasons.append(f"ports {port_base}-{port_base + 99}: {busy[0]} in use")
+                reasons.append(f"ports {port_base}-{port_base + addresses.PORT_BLOCK - 1}: {busy[0]} in use")
                 continue
             chosen = (x, port_base)
             break
@@ -228,16 +228,15 @@ def _allocate_and_wire(lab: dict, net: str | None, steps: Steps) -> None:
         x, port_base = chosen
         lab["net"] = f"10.{x}.0.0/16"
         lab["port_base"] = port_base
-        lab["ports"] = {"board_base": port_base + 50}
+        lab["ports"] = {"board_base": port_base + addresses.BOARD_PORT_OFFSET}
         for node in lab["nodes"]:
             idx = node["idx"]
-            node["host_addr"] = f"10.{x}.{idx}.1"
-            node["addr"] = f"10.{x}.{idx}.2"
+            node["host_addr"], node["addr"] = addresses.node_addresses(x, idx)
             node["prefixlen"] = 24
             if node["kind"] == "localdisk":
-                node["bmc_port"] = port_base + idx
+                node["bmc_port"] = addresses.bmc_port(port_base, idx)
         labstate.save(lab["dir"], lab)
-        with steps.step(f"network {lab['net']}: {len(lab['nodes'])} netns + veth, ports {port_base}-{port_base + 99}"):
+        with steps.step(f"network {lab['net']}: {len(lab['nodes'])} netns + veth, ports {port_base}-{port_base + addresses.PORT_BLOCK - 1}"):
             for node in lab["nodes"]:
                 netns.create_node_net(
                     ns=node["ns"], veth_host=node["veth_host"], veth_tmp=names.veth_node_tmp(lab["id"], node["idx"]),
@@ -333,8 +332,8 @@ def write_known_hosts(d: Path, lab: dict) -> None:
 def start_daemon(d: Path, lab: dict) -> int:
     log = open(d / firmware.LOGFILE, "ab")
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.Popen([sys.executable, "-m", "bmm.lab.firmware", "--dir", str(d), "--tag", f"bmmlab-{lab['id']}"],
+    env["PYTHONPATH"] = IMPORT_PATH
+    proc = subprocess.Popen([sys.executable, "-m", "bmm_lab.firmware", "--dir", str(d), "--tag", f"bmmlab-{lab['id']}"],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                             cwd="/", env=env)
     log.close()

@@ -11,7 +11,7 @@ TILEmpower board:
    real NFS client, `nfs-ls`, from the board's netns), `tmpfs` (a copy of the board's built-in
    initramfs, the first stage of the two-stage boot) or `/dev/sda1` (the board's disk, an ext4
    image on a loop device; the second stage).
-3. It then "runs": pid 1 (`python -m bmm.lab.netboot init SPEC`) in new pid/mount/uts
+3. It then "runs": pid 1 (`python -m bmm_lab.netboot init SPEC`) in new pid/mount/uts
    namespaces inside the board's netns mounts the root on /mnt/root (a node-private tmpfs on
    /mnt), gives it /proc, a minimal /dev with /dev/sda1, and starts the host's sshd with
    `ChrootDirectory /mnt/root`. Keys: the root's own /root/.ssh/authorized_keys plus the lab
@@ -57,18 +57,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bmm.errors import BmmError
-from bmm.lab import HOST_LOCK, LabError, file_lock
+from bmm_lab import HOST_LOCK, IMPORT_PATH, LabError, file_lock
+from bmm_lab.addresses import (PORT_MOUNT, PORT_NFS, PORT_PDU_SSH, PORT_PDU_TELNET, PORT_TFTP, board_port, clients,
+                               ensure_addr, pdu_addr, proxy_addr, remove_addr)
+from bmm_lab.state import netboot_dir
 from bmm.runner import run
 
-from bmm.lab.firmware import Machine
-from bmm.lab.nodeinit import chroot_users, populate_dev, supervise_sshd
+from bmm_lab.machine import Machine
+from bmm_lab.nodeinit import chroot_users, populate_dev, supervise_sshd
 
-# Offsets into the lab's board port range (fw.board_port(i) = port_base + 50 + i).
-PORT_PDU_TELNET = 0
-PORT_PDU_SSH = 1
-PORT_TFTP = 2
-PORT_NFS = 3
-PORT_MOUNT = 4
 
 BOARD_MNT = "/mnt"            # node-private tmpfs inside the board's mount namespace
 BOARD_ROOT = "/mnt/root"      # the board's root: sshd ChrootDirectory
@@ -80,7 +77,7 @@ BOARD_CPUS = 64                  # the TILEPro64's 8x8 tiles
 BOARD_MHZ = 866
 BOARD_MEMORY_MB = 16384          # the inventory's figure
 BOARD_SEEN_MEMORY_KB = 16218 * 1024   # what its Linux sees (the blueprint's memory_mb)
-REPO = str(Path(__file__).resolve().parents[2])
+REPO = IMPORT_PATH
 
 FETCH_TIMEOUT = 15.0
 FETCH_TRIES = 3
@@ -92,8 +89,6 @@ KILL_TIMEOUT = 5.0
 # Paths and small helpers
 
 
-def netboot_dir(lab_dir: Path | str) -> Path:
-    return Path(lab_dir) / "netboot"
 
 
 def tftp_root(lab_dir: Path | str) -> Path:
@@ -127,11 +122,6 @@ def sample_image(lab_dir: Path | str) -> Path:
     return netboot_dir(lab_dir) / "images" / "board-rootfs.tar.gz"
 
 
-def lab_board_port(lab: dict, i: int) -> int:
-    ports = lab.get("ports") or {}
-    if "board_base" in ports:
-        return int(ports["board_base"]) + i
-    return int(lab["port_base"]) + 50 + i
 
 
 def nfs_url(server: str, path: Path | str, nfs_port: int, mount_port: int) -> str:
@@ -142,7 +132,7 @@ def _ns_argv(ns: str | None, argv: list[str]) -> list[str]:
     if not ns:
         return list(argv)
     try:
-        from bmm.lab.netns import ns_exec_argv
+        from bmm_lab.netns import ns_exec_argv
     except ImportError:  # pragma: no cover
         return ["ip", "netns", "exec", ns, *argv]
     return ns_exec_argv(ns, list(argv))
@@ -620,8 +610,8 @@ class BoardSpec:
         return cls(
             name=node["name"], lab_dir=lab_dir, ns=node.get("ns"), addr=node["addr"],
             server=proxy_addr(lab) if lab.get("net") else (node.get("host_addr") or "127.0.0.1"),
-            tftp_port=lab_board_port(lab, PORT_TFTP), nfs_port=lab_board_port(lab, PORT_NFS),
-            mount_port=lab_board_port(lab, PORT_MOUNT), board=node.get("board"),
+            tftp_port=board_port(lab, PORT_TFTP), nfs_port=board_port(lab, PORT_NFS),
+            mount_port=board_port(lab, PORT_MOUNT), board=node.get("board"),
             boot_file=node.get("boot_file"),
             lab_authorized_keys=lab_dir / "ssh" / "authorized_keys",
         )
@@ -863,7 +853,7 @@ class BoardMachine(Machine):
         spec_path.write_text(json.dumps(spec, indent=1))
         argv = _ns_argv(s.ns, [
             "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--uts",
-            "--propagation", "private", sys.executable, "-m", "bmm.lab.netboot", "init", str(spec_path)])
+            "--propagation", "private", sys.executable, "-m", "bmm_lab.netboot", "init", str(spec_path)])
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with self._lock:
@@ -1125,39 +1115,16 @@ def _lab_key_text(lab_dir: Path) -> str:
         raise LabError(f"the lab key {pub} is missing (the lab core creates it before boards)") from None
 
 
-def _lab_addr(lab: dict, host: int) -> str:
-    net = str(lab.get("net") or "")
-    parts = net.split("/")[0].split(".")
-    if len(parts) != 4 or not net.endswith("/16"):
-        raise LabError(f"the lab has no 10.X.0.0/16 network (net={net!r}); boards need one")
-    return f"{parts[0]}.{parts[1]}.0.{host}"
 
 
-def proxy_addr(lab: dict) -> str:
-    """The proxy's own address (TFTP, NFS): 10.X.0.1 on the root namespace's lo."""
-    return _lab_addr(lab, 1)
 
 
-def pdu_addr(lab: dict) -> str:
-    """The PDU's address: 10.X.0.2 on the root namespace's lo."""
-    return _lab_addr(lab, 2)
 
 
-def _ensure_addr(addr: str) -> None:
-    res = run(["ip", "addr", "replace", f"{addr}/32", "dev", "lo"], timeout=10, check=False)
-    if not res.ok:
-        raise LabError(f"cannot add {addr}/32 to lo: {res.stderr.strip()}")
 
 
-def _remove_addr(addr: str) -> None:
-    run(["ip", "addr", "del", f"{addr}/32", "dev", "lo"], timeout=10, check=False)
 
 
-def _lab_clients(lab: dict) -> list[str]:
-    clients = ["127.0.0.1"]
-    if lab.get("net"):
-        clients.append(str(lab["net"]))
-    return clients
 
 
 def install_tile_monitor(lab_dir: Path) -> Path:
@@ -1170,9 +1137,9 @@ def install_tile_monitor(lab_dir: Path) -> Path:
         "BMM_TILE_MONITOR_KNOWN_HOSTS": str(lab_dir / "ssh" / "known_hosts"),
         "PYTHONPATH": REPO,
     }
-    lines = ["#!/bin/sh", f"# bmm lab {lab_dir}: tile-monitor stand-in (bmm/lab/tile_monitor.py)"]
+    lines = ["#!/bin/sh", f"# bmm lab {lab_dir}: tile-monitor stand-in (lab/bmm_lab/tile_monitor.py)"]
     lines += [f"{k}={shlex.quote(v)}; export {k}" for k, v in env.items()]
-    lines.append(f'exec {shlex.quote(sys.executable)} -m bmm.lab.tile_monitor "$@"')
+    lines.append(f'exec {shlex.quote(sys.executable)} -m bmm_lab.tile_monitor "$@"')
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.chmod(tmp, 0o755)
@@ -1182,15 +1149,15 @@ def install_tile_monitor(lab_dir: Path) -> Path:
 
 def prepare(lab: dict, node: dict) -> None:
     """`bmm lab up`, root namespace, once per board (after its netns exists)."""
-    from bmm.lab import pdu
+    from bmm_lab import pdu
     lab_dir = Path(lab["dir"])
     nb = netboot_dir(lab_dir)
     for d in (nb, tftp_root(lab_dir), nfs_root(lab_dir), nb / "images"):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
     _check_path_word(str(lab_dir), "lab directory")
-    _ensure_addr(proxy_addr(lab))
-    _ensure_addr(pdu_addr(lab))
+    ensure_addr(proxy_addr(lab))
+    ensure_addr(pdu_addr(lab))
     pdu.ensure_lab_secret(lab_dir, PDU_NAME)
     install_tile_monitor(lab_dir)
     keys = _lab_key_text(lab_dir)
@@ -1236,10 +1203,10 @@ def start(fw) -> _Services | None:
     """Daemon: the lab's tftpd and ganesha (only when the lab has boards)."""
     if not any(n.get("kind") == "netboot" for n in fw.lab.get("nodes", [])):
         return None
-    _ensure_addr(proxy_addr(fw.lab))
+    ensure_addr(proxy_addr(fw.lab))
     services = NetbootServices(
         fw.dir, tftp_port=fw.board_port(PORT_TFTP), nfs_port=fw.board_port(PORT_NFS),
-        mount_port=fw.board_port(PORT_MOUNT), clients=_lab_clients(fw.lab), listen=proxy_addr(fw.lab),
+        mount_port=fw.board_port(PORT_MOUNT), clients=clients(fw.lab), listen=proxy_addr(fw.lab),
         spawn=fw.spawn, log=fw.log)
     return _Services(services.start())
 
@@ -1253,7 +1220,7 @@ def make_machine(fw, node: dict) -> BoardMachine:
 def inventory(lab: dict, node: dict) -> dict:
     """The board's [nodes.<name>] table (docs/inventory.md)."""
     lab_dir = Path(lab["dir"])
-    from bmm.lab import pdu
+    from bmm_lab import pdu
     table = {
         "kind": "netboot",
         "arch": "tilepro64",
@@ -1269,7 +1236,7 @@ def inventory(lab: dict, node: dict) -> dict:
             "host_key_policy": "accept-new",
         },
         "power": {
-            "driver": "pdu", "host": pdu_addr(lab), "port": lab_board_port(lab, PORT_PDU_TELNET),
+            "driver": "pdu", "host": pdu_addr(lab), "port": board_port(lab, PORT_PDU_TELNET),
             "protocol": "telnet", "user": pdu.LAB_USER,
             "password_file": str(pdu.lab_password_file(lab_dir, PDU_NAME)),
             "outlet": int(node["outlet"]), "dialect": "apc",
@@ -1308,17 +1275,17 @@ def boot_table(lab: dict, node: dict) -> dict:
 
 def status(lab: dict, node: dict) -> dict:
     lab_dir = Path(lab["dir"])
-    from bmm.lab import pdu
-    nfs_port, mount_port = lab_board_port(lab, PORT_NFS), lab_board_port(lab, PORT_MOUNT)
+    from bmm_lab import pdu
+    nfs_port, mount_port = board_port(lab, PORT_NFS), board_port(lab, PORT_MOUNT)
     export = node.get("nfs_export") or str(nfs_root(lab_dir) / f"fs_{node.get('board') or node['name']}")
     return {
         "pdu": {
-            "name": PDU_NAME, "host": pdu_addr(lab), "port": lab_board_port(lab, PORT_PDU_TELNET),
-            "ssh_port": lab_board_port(lab, PORT_PDU_SSH), "outlet": node.get("outlet"),
+            "name": PDU_NAME, "host": pdu_addr(lab), "port": board_port(lab, PORT_PDU_TELNET),
+            "ssh_port": board_port(lab, PORT_PDU_SSH), "outlet": node.get("outlet"),
             "protocol": "telnet", "user": pdu.LAB_USER,
             "password_file": str(pdu.lab_password_file(lab_dir, PDU_NAME)),
         },
-        "tftp": {"host": proxy_addr(lab), "port": lab_board_port(lab, PORT_TFTP),
+        "tftp": {"host": proxy_addr(lab), "port": board_port(lab, PORT_TFTP),
                  "root": str(tftp_root(lab_dir)),
                  "boot_file": node.get("boot_file") or f"vmlinux_{node.get('board') or node['name']}"},
         "nfs": {"host": proxy_addr(lab), "port": nfs_port, "mount_port": mount_port,
@@ -1339,8 +1306,8 @@ def cleanup(lab: dict) -> None:
     lab_dir = Path(lab["dir"])
     if any(n.get("kind") == "netboot" for n in lab.get("nodes", [])) and lab.get("net"):
         with contextlib.suppress(LabError):
-            _remove_addr(proxy_addr(lab))
-            _remove_addr(pdu_addr(lab))
+            remove_addr(proxy_addr(lab))
+            remove_addr(pdu_addr(lab))
     for node in lab.get("nodes", []):
         if node.get("kind") != "netboot":
             continue
@@ -1361,7 +1328,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(argv[1]) as f:
             spec = json.load(f)
         return BoardInit(spec).run()
-    parser = argparse.ArgumentParser(prog="python -m bmm.lab.netboot")
+    parser = argparse.ArgumentParser(prog="python -m bmm_lab.netboot")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("kernel", help="write a lab boot file (vmlinux_*)")
     p.add_argument("path")

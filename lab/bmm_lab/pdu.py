@@ -13,7 +13,7 @@ docs/pdu-dialect.md; in short:
 
 One PduServer is one PDU. It runs as threads: inside the lab daemon (`PduServer(config,
 machines={outlet: machine})`, `start()`, `stop()`) or standalone
-(`python -m bmm.lab.pdu --config FILE`). An outlet bound to a machine reads the machine's
+(`python -m bmm_lab.pdu --config FILE`). An outlet bound to a machine reads the machine's
 power state and switches it with `power_on()` / `power_off()`; an unbound outlet keeps its
 own state (optionally persisted in a JSON state file).
 
@@ -42,8 +42,10 @@ from typing import Protocol
 import paramiko
 
 from bmm.errors import BmmError, ConfigError, FatalError
+from bmm_lab import addresses
+from bmm_lab.state import netboot_dir
 
-log = logging.getLogger("bmm.lab.pdu")
+log = logging.getLogger("bmm_lab.pdu")
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 PROMPT = "apc>"
@@ -804,17 +806,16 @@ def ensure_lab_secret(lab_dir: Path | str, pdu: str = "pdu1") -> Path:
 
 def lab_config(lab_dir: Path | str, lab: dict, board_port: Callable[[int], int],
                pdu: str = "pdu1") -> PduConfig:
-    from bmm.lab import netboot
     lab_dir = Path(lab_dir)
     boards = [n for n in lab.get("nodes", []) if n.get("kind") == "netboot"]
     outlets = max([8] + [int(n["outlet"]) for n in boards if n.get("outlet")])
     return PduConfig(
-        name=pdu, listen=netboot.pdu_addr(lab),
-        telnet_port=board_port(netboot.PORT_PDU_TELNET), ssh_port=board_port(netboot.PORT_PDU_SSH),
+        name=pdu, listen=addresses.pdu_addr(lab),
+        telnet_port=board_port(addresses.PORT_PDU_TELNET), ssh_port=board_port(addresses.PORT_PDU_SSH),
         user=LAB_USER, password_file=ensure_lab_secret(lab_dir, pdu),
-        host_key=netboot.netboot_dir(lab_dir) / f"{pdu}_host_key",
+        host_key=netboot_dir(lab_dir) / f"{pdu}_host_key",
         outlets=outlets, command_delay_s=LAB_COMMAND_DELAY_S, reboot_delay_s=LAB_REBOOT_DELAY_S,
-        log_file=netboot.netboot_dir(lab_dir) / f"{pdu}.log",
+        log_file=netboot_dir(lab_dir) / f"{pdu}.log",
     )
 
 
@@ -823,8 +824,7 @@ def start(fw) -> "PduServer | None":
     boards = [n for n in fw.lab.get("nodes", []) if n.get("kind") == "netboot" and n.get("outlet")]
     if not boards:
         return None
-    from bmm.lab import netboot
-    netboot._ensure_addr(netboot.pdu_addr(fw.lab))
+    addresses.ensure_addr(addresses.pdu_addr(fw.lab))
     config = lab_config(fw.dir, fw.lab, fw.board_port)
     config.log_file.parent.mkdir(parents=True, exist_ok=True)
     machines = {int(n["outlet"]): fw.machine_for_outlet(int(n["outlet"])) for n in boards
@@ -840,7 +840,7 @@ def start(fw) -> "PduServer | None":
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bmm.lab.pdu",
+    parser = argparse.ArgumentParser(prog="python -m bmm_lab.pdu",
                                      description="Run one simulated APC PDU until SIGTERM/SIGINT.")
     parser.add_argument("--config", required=True, help="TOML file (see docs/pdu-dialect.md)")
     args = parser.parse_args(argv)

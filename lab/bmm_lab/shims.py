@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from bmm_lab import IMPORT_PATHS
+
 POWER_NAMES = ("reboot", "poweroff", "halt", "shutdown")
 LVM_NAMES = (
     "lvm", "lvcreate", "lvremove", "lvchange", "lvextend", "lvresize", "lvreduce", "lvrename",
@@ -63,7 +65,7 @@ LVM_SHIM = '''#!{python} -I
 # bmm lab: LVM on {node}'s home OS without device-mapper. Runs the real lvm, then emulates
 # activation: /dev/<vg>/<lv> and /dev/mapper/<vg>-<lv> -> a loop device at the LV's offset.
 import os, subprocess, sys
-sys.path.insert(0, {repo!r})
+sys.path[:0] = {repo!r}
 REAL = {real!r}
 prog = os.path.basename(sys.argv[0])
 args = sys.argv[1:]
@@ -74,7 +76,7 @@ if sub not in {mutating!r}:
 rc = subprocess.call(argv)
 try:
     from pathlib import Path
-    from bmm.lab.lvm import sync_activation
+    from bmm_lab.lvm import sync_activation
     for w in sync_activation({lvm_dir!r}, {vg!r}, {loop!r}, Path({state!r}), node={node!r}):
         sys.stderr.write("bmm-lab: " + w + "\\n")
 except Exception as exc:
@@ -88,7 +90,7 @@ def write(node: dict, lab_dir: Path, *, dm: bool) -> Path:
     shims = Path(node["shims_dir"])
     shims.mkdir(parents=True, exist_ok=True)
     Path(node["real_sbin"]).mkdir(parents=True, exist_ok=True)
-    repo = str(Path(__file__).resolve().parents[2])
+    repo = IMPORT_PATHS
     for name in POWER_NAMES:
         p = shims / name
         p.write_text(POWER_SHIM.format(python=sys.executable, sock=str(lab_dir / "firmware.sock"),

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from bmm.lab import LabError
+from bmm_lab import LabError
 from bmm.runner import run
 
 LVM_TIMEOUT = 30.0
