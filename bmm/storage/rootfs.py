@@ -231,7 +231,7 @@ ARCH_ALIASES = {"tilepro64": "tilepro", "tilepro": "tilepro", "tile64": "tilepro
 
 def kernel_arch(data: bytes) -> str | None:
     """The architecture a kernel file is for: an ELF's e_machine, or the ARCH= line of a bmm
-    lab kernel (bmm_lab.netboot's text format)."""
+    lab kernel (bmm_lab.boardroot's text format)."""
     if data[:4] == b"\x7fELF" and len(data) >= 20:
         little = data[5] == 1
         machine = int.from_bytes(data[18:20], "little" if little else "big")

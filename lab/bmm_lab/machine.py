@@ -1,5 +1,5 @@
 """What the lab's firmware switches: a machine with power. Servers (bmm_lab.server) and boards
-(bmm_lab.netboot) subclass it; the firmware (bmm_lab.firmware) holds one per node. Its own
+(bmm_lab.board) subclass it; the firmware (bmm_lab.firmware) holds one per node. Its own
 module so that the machines and the firmware do not import each other."""
 
 from __future__ import annotations

@@ -17,6 +17,13 @@ def ns_exec_argv(ns: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
+def ns_argv(ns: str | None, argv: list[str]) -> list[str]:
+    """argv that runs `argv` inside network namespace `ns`, or `argv` itself when ns is None."""
+    if not ns:
+        return list(argv)
+    return ns_exec_argv(ns, list(argv))
+
+
 def _ip_json(*args: str) -> list:
     out = run(["ip", "-j", *args], timeout=IP_TIMEOUT).stdout
     return json.loads(out) if out.strip() else []

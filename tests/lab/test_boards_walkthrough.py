@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bmm.inventory import load_inventory
-from bmm_lab import netboot
+from bmm_lab import boardpaths, boardroot
 from bmm.opennebula import register, template
 from bmm.state import open_store
 from bmm.tilera import toml_value
@@ -130,7 +130,7 @@ def test_validate_and_register_the_filled_in_boards(walk):
 
 def tenant_image(tmp: Path) -> Path:
     root = tmp / "root"
-    netboot.populate_root(root, hostname="unused", label="Tenant Board OS", marker="walkthrough")
+    boardroot.populate_root(root, hostname="unused", label="Tenant Board OS", marker="walkthrough")
     (root / "root/.ssh/authorized_keys").unlink(missing_ok=True)
     (root / "etc/hostname").unlink(missing_ok=True)
     (root / "etc/os-release").write_text('ID=tenantboard\nPRETTY_NAME="Tenant Board OS (walk-through)"\n')
@@ -179,4 +179,4 @@ def test_a_deploy_on_the_imported_board(walk, boards_lab, node, vm):
         ok(one.tm("delete", [f"{node}:{one.sysdir(vm)}", str(vm), "100"]))
     rec = open_store(one.state_dir / "state.db").get(node)
     assert (rec.state, rec.vm_id) == ("available", None)
-    assert not os.path.exists(netboot.tftp_root(boards_lab.dir) / f"vmlinux_{BOARDS[node][0]}")
+    assert not os.path.exists(boardpaths.tftp_root(boards_lab.dir) / f"vmlinux_{BOARDS[node][0]}")

@@ -1,7 +1,8 @@
-"""Lab boards (lab/bmm_lab/netboot.py + pdu.py + tile_monitor.py) against real peers: the lab
-daemon with two boards, in.tftpd and the tftp-hpa client, nfs-ganesha and nfs-ls, the PDU
-over telnet/ssh (the real binaries under pexpect), OpenSSH on the boards, the tile-monitor
-stand-in as the installed executable."""
+"""Lab boards (lab/bmm_lab/netboot.py, board.py, boardinit.py, boardroot.py, netservices.py
++ pdu.py + tile_monitor.py) against real peers: the lab daemon with two boards, in.tftpd and
+the tftp-hpa client, nfs-ganesha and nfs-ls, the PDU over telnet/ssh (the real binaries
+under pexpect), OpenSSH on the boards, the tile-monitor stand-in as the installed
+executable."""
 
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bmm_lab import netboot
+from bmm_lab import LabError, boardpaths, boardroot, netservices
 from tests.support import require_lab
 
 BOARD_TOOLS = ("in.tftpd", "tftp", "ganesha.nfsd", "nfs-ls", "rpcbind", "busybox", "sshd", "ssh",
@@ -120,11 +121,11 @@ def test_tftp_get_boot_file(boards, tmp_path):
                           str(out)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0 and "Error" not in res.stdout + res.stderr
     assert out.read_bytes() == (Path(t["root"]) / t["boot_file"]).read_bytes()
-    kernel = netboot.parse_kernel(out.read_bytes())
+    kernel = boardroot.parse_kernel(out.read_bytes())
     assert kernel.root == "nfs"
     # the stage kernels of the two-stage boot are served too; a missing file is a TFTP error
-    assert netboot.tftp_get(t["host"], t["port"], "vmlinux_board1_1", tmp_path / "s1")[0]
-    assert netboot.parse_kernel((tmp_path / "s1").read_bytes()).root == "tmpfs"
+    assert netservices.tftp_get(t["host"], t["port"], "vmlinux_board1_1", tmp_path / "s1")[0]
+    assert boardroot.parse_kernel((tmp_path / "s1").read_bytes()).root == "tmpfs"
     res = subprocess.run(["tftp", "-m", "binary", t["host"], str(t["port"]), "-c", "get", "vmlinux_nope",
                           str(tmp_path / "nope")], capture_output=True, text=True, timeout=30)
     assert "File not found" in res.stdout + res.stderr
@@ -148,11 +149,11 @@ def test_each_board_has_one_export_for_its_address_only(boards):
     # board2 reaches its own root, never board1's nor the parent directory of all roots
     url2 = boards.node("board2")["nfs"]["url"]
     assert _nfs(boards, "board2", url2).returncode == 0
-    parent = netboot.nfs_url(nfs["host"], nfs["root"], nfs["port"], nfs["mount_port"])
+    parent = boardpaths.nfs_url(nfs["host"], nfs["root"], nfs["port"], nfs["mount_port"])
     assert _nfs(boards, "board1", parent).returncode != 0
-    assert _nfs(boards, "board1", netboot.nfs_url(nfs["host"], "/etc", nfs["port"], nfs["mount_port"])).returncode != 0
+    assert _nfs(boards, "board1", boardpaths.nfs_url(nfs["host"], "/etc", nfs["port"], nfs["mount_port"])).returncode != 0
     # the exports are one file per board, each naming only that board's address
-    conf = sorted((netboot.exports_dir(boards.dir)).glob("bmm-*.conf"))
+    conf = sorted((boardpaths.exports_dir(boards.dir)).glob("bmm-*.conf"))
     assert [c.name for c in conf] == ["bmm-board1.conf", "bmm-board2.conf"]
     assert f"Clients = {boards.h.lab_node('board1')['addr']};" in conf[0].read_text()
 
@@ -233,9 +234,9 @@ def test_two_stage_boot_with_tile_monitor(boards, tmp_path):
     addr = boards.node(name)["ip"]
     # the tenant's root fs, with a marker only this image carries
     image_root = tmp_path / "rootfs"
-    netboot.populate_root(image_root, hostname=name, authorized_keys=(boards.dir / "ssh" / "lab_key.pub").read_text(),
+    boardroot.populate_root(image_root, hostname=name, authorized_keys=(boards.dir / "ssh" / "lab_key.pub").read_text(),
                           label="tenant image", marker="tenant-image-42")
-    image = netboot.make_image(image_root, tmp_path / "tilera_fs.tar.gz")
+    image = boardroot.make_image(image_root, tmp_path / "tilera_fs.tar.gz")
     pdu = boards.pdu("telnet")
     try:
         # stage 1: vmlinux_<board>_1, root on tmpfs
@@ -324,15 +325,15 @@ def test_inventory_describes_the_boards(boards):
 
 
 def test_kernel_format_round_trip(tmp_path):
-    for root in netboot.ROOT_KINDS:
-        k = netboot.parse_kernel(netboot.write_kernel(tmp_path / "k", root).read_bytes())
+    for root in boardroot.ROOT_KINDS:
+        k = boardroot.parse_kernel(boardroot.write_kernel(tmp_path / "k", root).read_bytes())
         assert k.root == root and k.nfs_path is None
-    k = netboot.parse_kernel(netboot.write_kernel(tmp_path / "k", "nfs", nfs_path="/x/fs_7").read_bytes())
+    k = boardroot.parse_kernel(boardroot.write_kernel(tmp_path / "k", "nfs", nfs_path="/x/fs_7").read_bytes())
     assert k.nfs_path == "/x/fs_7"
     for bad in (b"", b"TLR_ROOT=nfs\n", b"BMM_LAB_KERNEL=1\nTLR_ROOT=ramfs\n", b"\xff\xfe\x00",
                 b"BMM_LAB_KERNEL=1\nTLR_ROOT=nfs\nNFS_ROOT=relative\n", b"BMM_LAB_KERNEL=1\ngarbage\n"):
-        with pytest.raises(netboot.LabError):
-            netboot.parse_kernel(bad)
+        with pytest.raises(LabError):
+            boardroot.parse_kernel(bad)
 
 
 def test_tile_monitor_grammar():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bmm_lab import netboot
+from bmm_lab import boardpaths, boardroot
 from bmm.state import open_store
 from bmm.transport.ssh import SshSession, SshTarget
 from tests.onemock import OpenNebula, drv_action, vm_xml
@@ -62,7 +62,7 @@ class World:
         if kind in self.images:
             return self.images[kind]
         root = self.tmp / f"root-{kind}"
-        netboot.populate_root(root, hostname="unused", label="Tenant Board OS", marker=f"tenant {kind}")
+        boardroot.populate_root(root, hostname="unused", label="Tenant Board OS", marker=f"tenant {kind}")
         (root / "root/.ssh/authorized_keys").unlink(missing_ok=True)
         (root / "etc/os-release").write_text(f'ID=tenantboard\nPRETTY_NAME="Tenant Board OS ({kind})"\n')
         (root / "etc/hostname").unlink(missing_ok=True)
@@ -135,10 +135,10 @@ class World:
             return s.run(command, timeout=60).stdout
 
     def tftp_file(self, name: str) -> Path:
-        return netboot.tftp_root(self.lab.dir) / name
+        return boardpaths.tftp_root(self.lab.dir) / name
 
     def export(self, board: str) -> Path:
-        return netboot.nfs_root(self.lab.dir) / f"fs_{board}"
+        return boardpaths.nfs_root(self.lab.dir) / f"fs_{board}"
 
     def sda1(self, board: str) -> Path:
         return Path(self.lab.lab_node(board)["sda_image"])
@@ -192,7 +192,7 @@ def test_full_life_cycle(world, board, kind):
         # the image's own kernel for tilepro64 is the one the board boots
         assert world.tftp_file(f"vmlinux_{board}_vm{vm}").read_text().startswith("# the tenant's own kernel")
     else:
-        staged = netboot.stage_dir(world.lab.dir) / f"{board}-vm{vm}-rootfs.tar.gz"
+        staged = boardpaths.stage_dir(world.lab.dir) / f"{board}-vm{vm}-rootfs.tar.gz"
         assert staged.exists() and (staged.stat().st_mode & 0o077) == 0
 
     # -- deploy: context, then boot ------------------------------------------------------------
@@ -246,9 +246,9 @@ def test_full_life_cycle(world, board, kind):
     assert world.tftp_file(f"vmlinux_{board}_nfs").exists()          # the operator's kernels stay
     if board == NFS:
         assert not world.export(board).exists()
-        assert not (netboot.exports_dir(world.lab.dir) / f"bmm-{board}.conf").exists()
+        assert not (boardpaths.exports_dir(world.lab.dir) / f"bmm-{board}.conf").exists()
     else:
-        assert not list(netboot.stage_dir(world.lab.dir).glob(f"{board}-vm{vm}-*"))
+        assert not list(boardpaths.stage_dir(world.lab.dir).glob(f"{board}-vm{vm}-*"))
         assert all_zero(world.sda1(board))
 
 
@@ -353,7 +353,7 @@ def _kernel_away(world, name: str):
 def test_a_missing_kernel_fails_clone_and_touches_nothing(world):
     for board, kernel, why in ((NFS, f"vmlinux_{NFS}_nfs", "no kernel to boot"),
                                (TWO, f"vmlinux_{TWO}_1", "no stage 1 kernel to boot")):
-        before = sorted(os.listdir(netboot.tftp_root(world.lab.dir)))
+        before = sorted(os.listdir(boardpaths.tftp_root(world.lab.dir)))
         root_before = sorted(os.listdir(world.export(board))) if world.export(board).exists() else None
         path, aside = _kernel_away(world, kernel)
         try:
@@ -362,9 +362,9 @@ def test_a_missing_kernel_fails_clone_and_touches_nothing(world):
             os.rename(aside, path)
         assert board in line and why in line and kernel in line, line
         assert (world.record(board).state, world.record(board).vm_id) == ("available", None)
-        assert sorted(os.listdir(netboot.tftp_root(world.lab.dir))) == before
+        assert sorted(os.listdir(boardpaths.tftp_root(world.lab.dir))) == before
         assert (sorted(os.listdir(world.export(board))) if world.export(board).exists() else None) == root_before
-        assert not list(netboot.stage_dir(world.lab.dir).glob(f"{board}-vm41-*"))
+        assert not list(boardpaths.stage_dir(world.lab.dir).glob(f"{board}-vm41-*"))
 
 
 def test_a_boot_file_gone_at_deploy_fails_with_the_outlet_off(world):
@@ -464,7 +464,7 @@ def test_a_second_vm_never_touches_the_board_of_the_first(world):
         assert (rec.state, rec.vm_id) == ("active", 46)
         assert world.powered(NFS) and sorted(os.listdir(root)) == before
         assert world.tenant(NFS, key, ["hostname"]).strip() == "frank"
-        assert (netboot.exports_dir(world.lab.dir) / f"bmm-{NFS}.conf").exists()
+        assert (boardpaths.exports_dir(world.lab.dir) / f"bmm-{NFS}.conf").exists()
     finally:
         ok(world.action("cancel", 46, NFS))
         ok(world.delete(46, NFS))
