@@ -105,7 +105,7 @@ fi
 
 # Reinstall only when the source (or the install mode) changed.
 stamp="$PREFIX/.bmm-installed"
-want="$(cd "$SRC" && { echo "dev=$DEV lab=$LAB src=$SRC"; find pyproject.toml lab bmm vmm_drivers im_drivers -type f \
+want="$(cd "$SRC" && { echo "dev=$DEV lab=$LAB src=$SRC"; find pyproject.toml lab/pyproject.toml lab/bmm_lab bmm vmm_drivers im_drivers -type f \
         -name '*.py' -o -name '*.toml' -o -name 'pyproject.toml' | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing bmm into $PREFIX"
