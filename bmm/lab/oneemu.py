@@ -22,6 +22,7 @@ Where a genuine oned differs and this emulation does not follow, tests/oned/ is 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -33,6 +34,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +225,39 @@ class OpenNebula:
         """TM actions: argv only, stdin closed/empty (§8.1)."""
         return self._run(self.remotes / "tm" / "bmm" / action, args, b"", env=env)
 
+    def monitor_config(self, host_id: int, port: int, period_s: int = 10) -> str:
+        """The MONITOR_CONFIGURATION monitord sends with START_MONITOR / STOP_MONITOR."""
+        periods = "".join(f"<{k}>{period_s}</{k}>" for k in
+                          ("BEACON_HOST", "SYSTEM_HOST", "MONITOR_HOST", "STATE_VM", "MONITOR_VM"))
+        return (f"<MONITOR_CONFIGURATION><NETWORK><ADDRESS>127.0.0.1</ADDRESS><MONITOR_ADDRESS>127.0.0.1"
+                f"</MONITOR_ADDRESS><PORT>{port}</PORT><THREADS>8</THREADS><PUBKEY/><PRIKEY/></NETWORK>"
+                f"<PROBES_PERIOD>{periods}<SYNC_STATE_VM>180</SYNC_STATE_VM></PROBES_PERIOD>"
+                f"<HOST_ID>{host_id}</HOST_ID></MONITOR_CONFIGURATION>")
+
+    def start_monitor(self, host_id: int, host: str, port: int) -> Execution:
+        """`onehost create`: monitord's START_MONITOR; stdout is the MONITOR_MESSAGES document."""
+        return self.im(["bmm", str(host_id), host], self.monitor_config(host_id, port))
+
+    def stop_monitor(self, host_id: int, host: str, port: int) -> Execution:
+        """`onehost delete`: STOP_MONITOR; bmm's monitor daemon leaves once no host is left."""
+        return self.im(["stop", "bmm", str(host_id), host], self.monitor_config(host_id, port))
+
+    def wait_monitor_gone(self, timeout: float = 30) -> bool:
+        """Wait until bmm's monitor daemon has left (its lock is free); False at the deadline."""
+        import fcntl
+        lock = self.state_dir / "monitor" / "daemon.lock"
+        deadline = time.monotonic() + timeout
+        while lock.exists():
+            with open(lock) as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return False
+            time.sleep(0.2)
+        return True
+
     def im(self, args: list[str], config_xml: str, env=None) -> Execution:
         """run_monitord_client: `echo ${STDIN} | ./script bmm <hid> <host> 2>&1`."""
         script = self.remotes / "im" / "bmm.d" / "monitord-client_control.sh"
@@ -290,11 +325,12 @@ _ERROR_PREFIX = {"TM": "Error executing image transfer script", "VMM deploy": "E
 class Vm:
     """One instance with one image disk, taken through oned's life cycle (module docstring).
     `state` follows oned's names (PENDING, RUNNING, POWEROFF, DONE, PROLOG_FAILURE, ...);
-    each call is recorded in `steps`, and watch(step_name, popen) may follow a call while it runs."""
+    each call is recorded in `steps`; watch(call, popen), a context manager, may follow a call
+    while it runs (the demo shows the image copy's progress that way)."""
 
     def __init__(self, one: OpenNebula, vm_id: int, host: str, image: Path, *, context: dict[str, str],
                  name: str = "bm-demo", nics: str = "",
-                 watch: Callable[[str, subprocess.Popen], None] | None = None):
+                 watch: Callable[[str, subprocess.Popen], AbstractContextManager] | None = None):
         self.one, self.id, self.host, self.name, self.nics = one, vm_id, host, name, nics
         self.source = one.register_image(Path(image))
         self.context = dict(context)
@@ -323,9 +359,9 @@ class Vm:
               failure_state: str = "") -> Step:
         t0 = time.monotonic()
         proc = self.one.start(kind, script, args, stdin)
-        if self.watch is not None:
-            self.watch(call, proc)
-        step = Step(action, call, self.one.finish(proc, timeout=900), time.monotonic() - t0)
+        with self.watch(call, proc) if self.watch is not None else contextlib.nullcontext():
+            execution = self.one.finish(proc, timeout=900)
+        step = Step(action, call, execution, time.monotonic() - t0)
         self.steps.append(step)
         if not step.ok:
             prefix = _ERROR_PREFIX.get(call, _ERROR_PREFIX["TM"] if kind == "tm" else call)
