@@ -134,9 +134,10 @@ VMM shutdown, TM delete per disk and of the VM directory).
 With one (--one URL or ONE_XMLRPC; credentials in ONE_AUTH or ~/.one/one_auth, as the
 `one*` commands find them), the same job goes through pyone: `bmm one register`, an image,
 `onetemplate instantiate`, `onevm deploy/poweroff/resume/terminate`. oned must run on this
-machine with bmm installed, and its bmm.toml must read the lab's inventory:
-  bmm lab demo --dir D              # once, to see it; or set inventory = "D/nodes.toml"
+machine with bmm installed, and its bmm.toml must read the inventory of the lab the demo
+brings up in D: set `inventory = "D/nodes.toml"` in <remotes>/etc/bmm/bmm.toml, then
   bmm lab demo --dir D --one http://localhost:2633/RPC2
+The demo deletes the hosts and the image it made; datastores and templates stay.
 
 \b
 Examples:
