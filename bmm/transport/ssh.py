@@ -3,9 +3,9 @@
 Commands are argv lists; every word is quoted with shlex before it crosses the wire, so a
 value from a template can never become shell syntax on the node.
 
-paramiko is imported where a connection is made, never at import time: it costs some 150 ms
-(it pulls in invoke, asyncio and unittest.mock), and the inventory and most driver runs only
-need this module's settings and types (benchmarks/cold_start.py).
+paramiko is imported where a connection is made, never at import time (_paramiko): it costs
+some 75 ms, and the inventory and most driver runs only need this module's settings and types
+(benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import shlex
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,6 +31,17 @@ if TYPE_CHECKING:
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 HOST_KEY_POLICIES = ("accept-new", "strict", "ignore")
+
+
+def _paramiko():
+    """paramiko, imported on first use. bmm reads no ssh_config, so paramiko's optional invoke
+    (only for ssh_config's `Match exec`; it brings asyncio and unittest.mock, some 75 ms) is kept
+    out: a None in sys.modules makes that import fail, which paramiko expects and tolerates."""
+    if "paramiko" not in sys.modules:
+        sys.modules.setdefault("invoke", None)
+    import paramiko
+
+    return paramiko
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class SshSession:
         self.close()
 
     def connect(self) -> None:
-        import paramiko
+        paramiko = _paramiko()
 
         t = self.target
         client = paramiko.SSHClient()
@@ -150,7 +162,7 @@ class SshSession:
         timeout: float,
     ) -> Result:
         """Run argv and feed its stdin from source() until it returns None."""
-        import paramiko
+        paramiko = _paramiko()
 
         chan = self._open(quote_argv(argv), timeout)
         try:
@@ -167,7 +179,7 @@ class SshSession:
             chan.close()
 
     def _open(self, command: str, timeout: float) -> paramiko.Channel:
-        import paramiko
+        paramiko = _paramiko()
 
         try:
             transport = self.client.get_transport()
@@ -181,7 +193,7 @@ class SshSession:
             raise TransientError(f"ssh {self.target.describe()}: {exc}", node=self.target.node) from None
 
     def _run_command(self, command, argv, timeout, input, check, secrets) -> Result:
-        import paramiko
+        paramiko = _paramiko()
 
         chan = self._open(command, timeout)
         try:
@@ -259,7 +271,7 @@ def host_key(target: SshTarget, timeout: float = 5.0) -> str | None:
     """The host key the SSH server at target presents ("<type> <base64>"), from the key
     exchange alone (no login), or None when no SSH server answers in time. Which OS runs on a
     machine shows in its host key: the home OS's is known, a tenant image brings its own."""
-    import paramiko
+    paramiko = _paramiko()
 
     try:
         sock = socket.create_connection((target.host, target.port), timeout=timeout)

@@ -59,3 +59,14 @@ def test_a_remote_does_not_load_heavy_libraries_before_its_action(entry):
 def test_the_probe_sees_a_heavy_import():
     """The check above can fail: a module that imports paramiko is seen."""
     assert "paramiko" in loaded_by(["paramiko"])
+
+
+def test_ssh_brings_paramiko_without_invoke():
+    """paramiko needs invoke only for ssh_config's `Match exec`, which bmm never reads."""
+    code = ("import json, sys; from bmm.transport import ssh; ssh._paramiko(); "
+            "print(json.dumps(['paramiko' in sys.modules, repr(sys.modules.get('invoke', 'absent')), "
+            "'asyncio' in sys.modules]))")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/",
+                         timeout=120, check=True).stdout
+    assert json.loads(out) == [True, "None", False]     # invoke: the None that blocks its import
