@@ -431,8 +431,10 @@ def _with_oned(demo: Demo, h: LabHandle, machines: list[Machine], key: Path, url
         for m in machines:
             _wait(demo, lambda m=m: pyone.HOST_STATES(one.host.info(hosts[m.name]).STATE).name, {"MONITORED"},
                   f"host {m.name}", fail={"ERROR"})
+            # a board's root filesystem tarball must stay compressed (register.ROOTFS_DS)
+            store = register.ROOTFS_DS if inventory[m.name].kind == "netboot" else register.IMAGE_DS
             image_id = one.image.allocate(f'NAME = "bmm-demo-{h.id}-{m.name}"\nPATH = "{m.image}"\nTYPE = "OS"\n',
-                                          ds[register.IMAGE_DS])
+                                          ds[store])
             images_made.append(image_id)
             _wait(demo, lambda: pyone.IMAGE_STATES(one.image.info(image_id).STATE).name, {"READY"},
                   f"image {image_id}", fail={"ERROR"})

@@ -132,9 +132,11 @@ class Cloud:
         self.one.host.status(self.hosts[name], 0 if enabled else 1)
 
     # ---------------------------------------------------------------- images and templates
-    def register_image(self, path: Path, name: str, *, image_type: str = "OS", timeout: float = 120) -> int:
-        """`oneimage create --path <file under SAFE_DIRS /var/tmp> -d bm_images`, then READY."""
-        iid = self.one.image.allocate(f'NAME = "{name}"\nPATH = "{path}"\nTYPE = "{image_type}"\n', self.ids.image_ds)
+    def register_image(self, path: Path, name: str, *, image_type: str = "OS", timeout: float = 120,
+                       datastore: str = IMAGE_DS) -> int:
+        """`oneimage create --path <file under SAFE_DIRS /var/tmp> -d <datastore>`, then READY."""
+        ds = {d.NAME: d.ID for d in self.one.datastorepool.info().DATASTORE}[datastore]
+        iid = self.one.image.allocate(f'NAME = "{name}"\nPATH = "{path}"\nTYPE = "{image_type}"\n', ds)
 
         def check():
             image = self.one.image.info(iid)

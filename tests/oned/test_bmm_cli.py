@@ -16,7 +16,7 @@ import pyone
 
 from bmm.config import load_config
 from bmm.inventory import inventory_path, load_inventory
-from bmm.opennebula.register import IMAGE_DS, SYSTEM_DS, template_name
+from bmm.opennebula.register import IMAGE_DS, ROOTFS_DS, SYSTEM_DS, template_name
 from tests.oned.frontend import free_ports
 
 
@@ -58,7 +58,8 @@ def test_register_dry_run_prints_the_plan_and_changes_nothing(registered, cloud)
     nodes = {n.name for n in inventory(cloud)}
     models = {template_name(n.model or n.arch) for n in inventory(cloud)}
     assert named(dry, "cluster", "create") == {"bare-metal"}, dry.stdout
-    assert named(dry, "datastore", "create") == {SYSTEM_DS, IMAGE_DS}, dry.stdout
+    boards = any(n.kind == "netboot" for n in inventory(cloud))
+    assert named(dry, "datastore", "create") == {SYSTEM_DS, IMAGE_DS} | ({ROOTFS_DS} if boards else set()), dry.stdout
     assert named(dry, "host", "create") == nodes, dry.stdout
     assert models <= named(dry, "template", "create"), dry.stdout
     # ... and the real run did what the dry run said, no more

@@ -1,7 +1,7 @@
 """A netboot board's life cycle through a genuine OpenNebula, for both boot methods: the lab's
 NFS-root board and its two-stage TFTP board, their hosts and templates made by
 `bmm one register`, the root filesystem an image in bm_images (an ext4 filesystem image for
-the NFS-root board, a tar.gz root filesystem for the two-stage one).
+the NFS-root board) or bm_rootfs (a tar.gz root filesystem, for the two-stage one).
 
 instantiate (the board's instance type, tp64.8x8) -> the scheduler places it on the board (the
 other boards' hosts are disabled meanwhile) -> RUNNING -> ssh into the board with the CONTEXT
@@ -23,6 +23,7 @@ from bmm.config import load_config
 from bmm.errors import BmmError
 from bmm.inventory import node_for_host
 from bmm.lab import netboot
+from bmm.opennebula.register import IMAGE_DS, ROOTFS_DS
 from bmm.opennebula.register import template_name
 from bmm.transport.ssh import SshSession, SshTarget
 from tests.oned.cloud import DEPLOY_TIMEOUT_S, Template
@@ -66,7 +67,8 @@ def register_root(cloud, root: Path, kind: str) -> int:
         path = root.with_name("board-root.tar.gz")
         argv = ["tar", "--create", "--gzip", "--file", str(path), "--numeric-owner", "-C", str(root), "."]
     subprocess.run(argv, check=True, capture_output=True, timeout=120)
-    return cloud.register_image(path, f"board-os-{kind}")
+    # a rootfs tarball in bm_rootfs (NO_DECOMPRESS): bm_images would have oned unpack it
+    return cloud.register_image(path, f"board-os-{kind}", datastore=ROOTFS_DS if kind == "tar.gz" else IMAGE_DS)
 
 
 def board_template(registered, node) -> str:
