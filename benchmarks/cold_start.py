@@ -12,9 +12,12 @@ shebang pointing at this interpreter, as install.sh does) and exec'd directly:
   line, and `... stop bmm <host id> <host>`, cwd remotes/im/bmm.d (run_monitord_client and
   stop_monitord_client, §2.3, §2.8). A monitor daemon is modelled as running (this process
   holds its lock), so START_MONITOR does what it does for every host after the first;
-- a bare environment (PATH and LANG only), as oned's drivers get.
+- a bare environment (PATH and LANG), as oned's drivers get, plus PYTHONPATH naming this
+  checkout, so the code measured is this checkout's whatever the venv's editable install
+  points at (the instrumented runs check it).
 Every candidate runs once per round, interleaved, so load from other users of the machine hits
-all alike; figures are medians and 90th percentiles over the rounds.
+all alike; figures are medians and 90th percentiles over the rounds, wall time and the CPU
+time (user + system) the process used: on a shared machine the CPU time is the steadier one.
 
 Cases:
 - floor: `python3 -S -c pass` and `python3 -c pass` with the same interpreter and environment;
@@ -50,6 +53,7 @@ import ast  # noqa: E402
 import base64  # noqa: E402
 import fcntl  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -65,9 +69,13 @@ from im_drivers import hosts  # noqa: E402
 from tests.onemock import drv_action, vm_xml  # noqa: E402
 
 TARGET_MS = 150.0
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+REPO = Path(_here).parent
+# oned's bare environment, and this checkout first on sys.path: the venv's bmm may be another
+# (an editable install follows whichever checkout installed it last)
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "PYTHONPATH": str(REPO)}
 PACING_S = 1.05             # bmm's default min_interval_s between two commands to one BMC, and a margin
 VM_OFF, VM_ON, HOST_ID = 5, 6, 3
+OURS = ("bmm", "vmm_drivers", "im_drivers")
 CONFIG_XML = ("<MONITOR_CONFIGURATION><NETWORK><ADDRESS>::</ADDRESS><MONITOR_ADDRESS>auto</MONITOR_ADDRESS>"
               "<PORT>4124</PORT><THREADS>8</THREADS><PUBKEY/><PRIKEY/></NETWORK><PROBES_PERIOD>"
               "<BEACON_HOST>30</BEACON_HOST><SYSTEM_HOST>600</SYSTEM_HOST><MONITOR_HOST>120</MONITOR_HOST>"
@@ -75,9 +83,9 @@ CONFIG_XML = ("<MONITOR_CONFIGURATION><NETWORK><ADDRESS>::</ADDRESS><MONITOR_ADD
               "</PROBES_PERIOD><HOST_ID>3</HOST_ID></MONITOR_CONFIGURATION>")
 
 # Runs a remote the way its shebang would (argv, sys.path[0], __file__, __main__), timing the
-# outermost imports (and every module's own import, cumulative, in per) and noting the first
-# moment the action talks to a machine. Writes {main, imports, contact, event, imports_before,
-# end, per} to argv[1] at exit.
+# outermost imports (every module's import also cumulative, in per, and on its own, in self)
+# and noting the first moment the action talks to a machine. Writes {main, imports, contact,
+# event, imports_before, end, per, self} to argv[1] at exit.
 PROBE = r"""
 import sys, time, atexit
 t_main = time.monotonic()
@@ -85,20 +93,23 @@ import _frozen_importlib as _bootstrap
 out, script = sys.argv[1], sys.argv[2]
 sys.argv = sys.argv[2:]
 sys.path[0] = script.rpartition("/")[0]
-st = {"main": t_main, "imports": 0.0, "contact": None, "event": None, "imports_before": None, "per": {}}
-_depth = [0]
+st = {"main": t_main, "imports": 0.0, "contact": None, "event": None, "imports_before": None, "per": {}, "self": {}}
+_stack = []
 _find = _bootstrap._find_and_load
 def _timed(name, import_):
-    _depth[0] += 1
+    _stack.append(0.0)
     t = time.perf_counter()
     try:
         return _find(name, import_)
     finally:
         d = time.perf_counter() - t
-        _depth[0] -= 1
-        if not _depth[0]:
+        inner = _stack.pop()
+        if _stack:
+            _stack[-1] += d
+        else:
             st["imports"] += d
         st["per"][name] = st["per"].get(name, 0.0) + d
+        st["self"][name] = st["self"].get(name, 0.0) + d - inner
 _bootstrap._find_and_load = _timed
 _CONTACT = frozenset({"subprocess.Popen", "os.posix_spawn", "os.exec", "os.fork", "socket.connect"})
 def _hook(event, args):
@@ -107,6 +118,7 @@ def _hook(event, args):
 sys.addaudithook(_hook)
 def _write():
     st["end"] = time.monotonic()
+    st["bmm"] = getattr(sys.modules.get("bmm"), "__file__", None)
     with open(out, "w") as f:
         f.write(repr(st))
 atexit.register(_write)
@@ -125,13 +137,16 @@ class Candidate:
         os.write(fd, stdin)
         os.close(fd)
         self.walls: list[float] = []
+        self.cpus: list[float] = []
         self.splits: list[dict] = []
 
     def _spawn(self, argv: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
         with open(self.stdin_path, "rb") as stdin:
+            cpu0 = children_cpu()
             t0 = time.monotonic()
             proc = subprocess.run(argv, stdin=stdin, capture_output=True, cwd=self.cwd, env=ENV, timeout=120)
             t1 = time.monotonic()
+            self.last_cpu = children_cpu() - cpu0
         if proc.returncode != 0 or (self.expect is not None and self.expect not in proc.stdout.decode(errors="replace")):
             raise SystemExit(f"{self.name}: exit {proc.returncode}, stdout {proc.stdout[:200]!r}, "
                              f"stderr {proc.stderr[:400]!r}")
@@ -140,6 +155,7 @@ class Candidate:
     def run(self) -> None:
         t0, t1, _ = self._spawn(self.argv)
         self.walls.append(t1 - t0)
+        self.cpus.append(self.last_cpu)
 
     def run_instrumented(self, python: str) -> None:
         fd, out = tempfile.mkstemp(prefix="bmm-p4-probe-")
@@ -150,10 +166,18 @@ class Candidate:
         finally:
             os.unlink(out)
         st["spawn"], st["exit"] = t0, t1
+        if st["bmm"] and not st["bmm"].startswith(str(REPO) + "/"):
+            raise SystemExit(f"{self.name} ran the bmm at {st['bmm']}, not this checkout's")
         self.splits.append(st)
 
     def close(self) -> None:
         os.unlink(self.stdin_path)
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def ms(values: list[float]) -> tuple[float, float]:
@@ -187,24 +211,17 @@ def split_line(c: Candidate) -> str:
             (f"  [{contact} of {len(s)} runs touched a process or socket]" if contact else ""))
 
 
-OURS = ("bmm", "vmm_drivers", "im_drivers")
-
-
-def heaviest(c: Candidate, n: int = 6) -> str:
-    """The costliest imports from outside bmm (cumulative, so a package includes its own)."""
+def heaviest(c: Candidate, key: str, ours: bool, n: int = 8) -> str:
+    """The costliest module imports (key "per": with what they import; "self": on their own),
+    of bmm's packages or of the others."""
     names: dict[str, list[float]] = {}
     for x in c.splits:
-        for name, d in x["per"].items():
-            if name.partition(".")[0] not in OURS and not name.startswith("__editable__"):
+        for name, d in x[key].items():
+            if (name.partition(".")[0] in OURS) == ours and not name.startswith("__editable__"):
                 names.setdefault(name, []).append(d)
-    tops = {k: statistics.median(v + [0.0] * (len(c.splits) - len(v))) for k, v in names.items()}
-    picked: list[str] = []
-    for k in sorted(tops, key=lambda k: -tops[k]):
-        if not any(k.startswith(p + ".") for p in picked):
-            picked.append(k)
-        if len(picked) == n:
-            break
-    return ", ".join(f"{k} {tops[k] * 1000:.1f}" for k in picked) or "none"
+    med = {k: statistics.median(v + [0.0] * (len(c.splits) - len(v))) for k, v in names.items()}
+    top = sorted(med, key=lambda k: -med[k])[:n]
+    return ", ".join(f"{k} {med[k] * 1000:.1f}" for k in top) or "none"
 
 
 def write_inventory(root: Path) -> tuple[Path, str]:
@@ -331,14 +348,17 @@ def main() -> int:
                         last_bmc = time.monotonic()
                 if r == 0:
                     c.walls.clear()
+                    c.cpus.clear()
                     c.splits.clear()
         print(f"load average {os.getloadavg()[0]:.2f}")
         base = ms(floor.walls)[0]
         for c in candidates:
-            print(f"{c.name:28s} {fmt(c.walls)}  ({ms(c.walls)[0] / base:4.1f}x python3 -c pass)")
+            print(f"{c.name:28s} {fmt(c.walls)}  ({ms(c.walls)[0] / base:4.1f}x python3 -c pass; "
+                  f"CPU {ms(c.cpus)[0]:.1f} ms)")
             if c.splits:
                 print(split_line(c))
-                print(f"    heaviest imports from outside bmm (ms): {heaviest(c)}")
+                print(f"    heaviest imports, with what they import (ms): {heaviest(c, 'per', False)}")
+                print(f"    heaviest bmm modules on their own (ms): {heaviest(c, 'self', True)}")
         verdicts = []
         for c in (poll_off, im_start, im_stop):
             verdicts.append((c.name, c.walls))

@@ -13,6 +13,7 @@ state with a dead owner, which `bmm nodes recover` and the next action fail clea
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -24,6 +25,15 @@ from bmm.errors import BmmError, Terminated
 
 log = logging.getLogger("bmm.guard")
 T = TypeVar("T")
+
+
+def freeze_for_exit() -> None:
+    """A remote's work is done and its process is about to exit: freeze what the garbage
+    collector tracks, so the interpreter's final collections skip it. They would walk every
+    object of every module loaded (some 20 ms of a 150 ms cold start, benchmarks/cold_start.py)
+    for cycles nobody needs freed: the kernel frees the process, and Python never promises
+    __del__ at exit. atexit handlers (the log's flush and close) still run."""
+    gc.freeze()
 
 
 def debug() -> bool:

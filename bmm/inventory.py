@@ -12,7 +12,6 @@ whether [storage] and ssh are required) come from its KindSpec (bmm.kinds).
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -338,10 +337,10 @@ def _storage(p: _Problems, table: Mapping | None, spec: KindSpec | None) -> Stor
 
 
 def _proxy(p: _Problems, table: Mapping | None, spec: KindSpec | None) -> Mapping:
-    from bmm.transport.proxy import ProxyTransport
-
     if table is None:
         return {}
+    from bmm.transport.proxy import ProxyTransport
+
     if spec is not None and spec.name in BUILTIN_KINDS and spec.name != "netboot":
         p.add("proxy", f"only netboot boards have a proxy; a {spec.name} node is reached directly")
         return {}
@@ -391,6 +390,8 @@ def check_inventory_data(data: Mapping, file: str,
     problems: list[Problem] = []
     for key in data:
         if key != "nodes":
+            import difflib  # only for a misspelt table: not on every driver run's import path
+
             hint = difflib.get_close_matches(key, ["nodes"], n=1)
             problems.append(Problem(file, None, key, "unknown top-level key"
                                     + (" (did you mean 'nodes'?)" if hint else " (only [nodes.<name>] tables)")))

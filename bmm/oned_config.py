@@ -170,7 +170,7 @@ def oned_problems(text: str) -> list[str]:
 
 
 def monitord_problems(text: str) -> list[str]:
-    if BEGIN not in text or f'EXECUTABLE    = "one_im_sh"' not in text:
+    if BEGIN not in text or 'EXECUTABLE    = "one_im_sh"' not in text:
         return ["has no bmm IM_MAD block (run `install.sh --apply-config`)"]
     return []
 

@@ -11,7 +11,6 @@ A checker takes a value and returns None when it is good, else what is wrong wit
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -178,6 +177,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def unknown_key(key: str, known) -> str:
+    import difflib  # only for a misspelt key: not on every driver run's import path
+
     hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     if hint:
         return f"unknown key (did you mean {hint[0]!r}?)"

@@ -19,7 +19,7 @@ import sys
 from bmm import logs
 from bmm.config import load_config
 from bmm.errors import BmmError, ConfigError, InputError
-from bmm.guard import guarded, raise_on_sigterm
+from bmm.guard import freeze_for_exit, guarded, raise_on_sigterm
 from bmm.inventory import node_for_host
 from bmm.opennebula import driver_input, monitor
 from bmm.opennebula.args import check_host_name, parse_id
@@ -143,3 +143,4 @@ def main(script: str) -> None:
         document = guarded(lambda: _run(script, sys.argv[1:]), on_error=fail, stderr=real_stderr)
     if document is not None:
         sys.stdout.write(document + "\n")
+    freeze_for_exit()

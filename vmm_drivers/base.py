@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bmm.config import Config
 from bmm.errors import NotSupported, Refused
 from bmm.opennebula.reply import Reporter
-from bmm.opennebula.vm import DriverAction
 from bmm.state import (ACTIVE, AVAILABLE, ERROR, HOLDS_INSTANCE, MAINTENANCE, OFF, PROVISIONED, NodeRecord,
                        NodeState, StateStore, open_store)
+
+if TYPE_CHECKING:   # the IM loads this module on every call and never parses a drv_action
+    from bmm.opennebula.vm import DriverAction
 
 log = logging.getLogger("bmm.driver")
 

@@ -5,6 +5,9 @@ Everything is checked before anything is touched: ids are ASCII decimals in SQLi
 sizes positive, TM paths inside OpenNebula's layout and of the VM argv names
 (bmm.opennebula.layout), context.sh bounded and parsed here, once. A bad input fails with one
 line that says what was expected and never quotes the input.
+
+What only TM actions need (OpenNebula's layout, context.sh) is imported in tm_main and
+parse_tm_argv, so `poll` does not pay for it (benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from bmm import logs
 from bmm.config import Config, load_config
@@ -19,12 +23,13 @@ from bmm.errors import InputError
 from bmm.inventory import node_for_host
 from bmm.opennebula import driver_input
 from bmm.opennebula.args import check_host_name, parse_id, parse_size_mb, split_location
-from bmm.opennebula.layout import Layout
 from bmm.opennebula.reply import Reporter, opennebula_major, print_deploy_id, run_guarded
 from bmm.opennebula.vm import parse_driver_action
-from bmm.context import check_context_files, read_context_sh
 from vmm_drivers.base import TM_ACTION_NAMES, TM_ACTIONS, VMM_ACTIONS, TmCall, VmmCall, not_supported
 from bmm.kinds import kind_class
+
+if TYPE_CHECKING:
+    from bmm.opennebula.layout import Layout
 
 # Actions a bare-metal machine cannot honour: refused before anything else is read.
 VMM_UNSUPPORTED = frozenset({
@@ -113,6 +118,8 @@ def vmm_main(action: str, script: str) -> None:
 def parse_tm_argv(action: str, argv: list[str], layout: Layout) -> TmCall:
     """TM argv per §8.3, every location checked against OpenNebula's layout for this VM.
     The last two words are always vm id and datastore id."""
+    from bmm.context import check_context_files, read_context_sh
+
     def need(n: int, names: str) -> None:
         if len(argv) != n:
             raise InputError(f"tm {action} expects {n} arguments ({names}), got {len(argv)}")
@@ -193,6 +200,8 @@ def tm_main(action: str, script: str) -> None:
             # The bmm system datastore is SHARED=NO: hosts report their own capacity through
             # the IM driver, so oned never asks. Answer empty rather than invent numbers.
             return
+        from bmm.opennebula.layout import Layout
+
         config = _config(script, rep)
         layout = Layout.find(remotes_dir=remotes, var=config.opennebula_var,
                              datastores=config.datastore_location)

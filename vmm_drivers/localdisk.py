@@ -15,31 +15,28 @@ Disk life cycle (TM), per OpenNebula's sequencing (protocol §8.4):
   written to LV `vm<id>-context`.
 - delete (epilog): home OS; the VM's LVs zeroed, then removed; its GRUB entry removed; the
   node available again.
+
+What only the TM prolog and context need (image inspection and delivery, root adaptation,
+the CONTEXT ISO) is imported in tm_clone and tm_context: `poll` and the IM load this module
+on every call (benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bmm.boot.grub import GrubBoot, TenantEntry, tenant_entry_id
-from bmm.context import build_context_iso, write_context_lv
 from bmm.footprint import Footprint
 from bmm.errors import AuthError, BmmError, InputError, Refused, TimeoutExpired, TransientError
 from bmm.power import PowerState, power_for
 from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, OFF, PROVISIONED, REBOOTING,
                        STOPPING)
-from bmm.storage.adapt import adapt_root
 from bmm.storage.lvm import LvmDisk
-from bmm.storage.chain import inspect_source
-from bmm.storage.delivery import deliver_image
-from bmm.storage.digests import DigestCache
-from bmm.storage.image import probe_layout
 from bmm.transport.ssh import SshSession, SshTransport
 from vmm_drivers.base import InstanceState, Kind, Step, TmCall, VmmCall, describe, not_supported
 from vmm_drivers.rearm import start_rearm
@@ -378,6 +375,12 @@ class LocalDiskKind(Kind):
 
     # ---------------------------------------------------------------- TM
     def tm_clone(self, call: TmCall, step: Step) -> None:
+        from bmm.storage.adapt import adapt_root
+        from bmm.storage.chain import inspect_source
+        from bmm.storage.delivery import deliver_image
+        from bmm.storage.digests import DigestCache
+        from bmm.storage.image import probe_layout
+
         vm, disk = call.vm_id, call.disk_id
         if disk is None:
             raise InputError("the clone destination is not a disk.<n> path")
@@ -418,6 +421,10 @@ class LocalDiskKind(Kind):
         step.go(PROVISIONED, reason=f"disk {disk} of VM {vm} is on the node")
 
     def tm_context(self, call: TmCall, step: Step) -> None:
+        import tempfile
+
+        from bmm.context import build_context_iso, write_context_lv
+
         vm = call.vm_id
         if step.record.state == ACTIVE:
             if self._power_status() != PowerState.OFF:

@@ -9,9 +9,9 @@ the admin and is never overwritten.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -297,7 +297,7 @@ def _read_custom(ex, boot_dir: str) -> str | None:
 def _write_custom(ex, boot_dir: str, text: str) -> None:
     """Atomically replace custom.cfg: a new file (O_EXCL) next to it, fsync, rename, sync dir."""
     directory = grub_dir(boot_dir)
-    tmp = f"{directory}/.custom.cfg.bmm-{uuid.uuid4().hex[:12]}"
+    tmp = f"{directory}/.custom.cfg.bmm-{os.urandom(6).hex()}"
     ex.run(["dd", f"of={tmp}", "conv=excl,fsync", "status=none"], input=text, timeout=TIMEOUT)
     try:
         ex.run(["mv", "-f", "-T", tmp, _custom_path(boot_dir)], timeout=TIMEOUT)

@@ -2,7 +2,8 @@
 
 From the inventory: one cluster; bmm's system datastore and image datastore (both TM_MAD
 "bmm", so no stock TM ever sshes into a machine; the image datastore DS_MAD "fs" with SAFE_DIRS
-naming where operators keep images, and no DRIVER, so qcow2 images stay qcow2); one host per
+naming where operators keep images, and no DRIVER, so qcow2 images stay qcow2), plus, when the
+inventory has boards, a datastore for their root filesystems with NO_DECOMPRESS; one host per
 node (`--im bmm --vm bmm`, in the cluster); one VM template per node model that takes the
 whole machine (CPU, VCPU and MEMORY of the smallest node of that model) and carries
 SCHED_REQUIREMENTS so the scheduler places it only on a free machine of that model; and one VM
@@ -26,6 +27,11 @@ from bmm.opennebula import template
 
 SYSTEM_DS = "bm_system"
 IMAGE_DS = "bm_images"
+# Board root filesystems (.tar.gz/.tar.xz) must reach bmm as they were uploaded: oned's
+# downloader unpacks a compressed upload (a tarball into a directory, which fs/cp then refuses)
+# unless the datastore says NO_DECOMPRESS. bm_images keeps decompressing, so a server's
+# image.raw.gz still arrives as the raw disk bmm streams.
+ROOTFS_DS = "bm_rootfs"
 MANAGED = "BMM_MANAGED"
 
 
@@ -88,6 +94,9 @@ def plan(one, inventory, *, cluster: str = "bare-metal", safe_dirs: tuple[str, .
         SYSTEM_DS: [("TYPE", "SYSTEM_DS"), ("TM_MAD", "bmm")],
         IMAGE_DS: [("DS_MAD", "fs"), ("TM_MAD", "bmm"), ("SAFE_DIRS", " ".join(safe_dirs))],
     }
+    if any(node.kind == "netboot" for node in inventory):
+        wanted_ds[ROOTFS_DS] = [("DS_MAD", "fs"), ("TM_MAD", "bmm"), ("NO_DECOMPRESS", "YES"),
+                                ("SAFE_DIRS", " ".join(safe_dirs))]
     for name, pairs in wanted_ds.items():
         ds = datastores.get(name)
         if ds is None:
@@ -96,12 +105,13 @@ def plan(one, inventory, *, cluster: str = "bare-metal", safe_dirs: tuple[str, .
                                   run=lambda text=text: one.datastore.allocate(text, cluster_id())))
             continue
         have = _attrs(ds)
-        wrong = [k for k, v in pairs if k not in ("TYPE", "SAFE_DIRS") and have.get(k) != v]
+        wrong = [k for k, v in pairs if k not in ("TYPE", "SAFE_DIRS")
+                 and (have.get(k) or "").lower() != v.lower()]
         if have.get("DRIVER"):
             wrong.append("DRIVER (set: oned would convert every image to it at registration)")
         if wrong:
             changes.append(Change("datastore", name, "conflict", f"id {ds.ID}: differs in {', '.join(wrong)}"))
-        elif name == IMAGE_DS and have.get("SAFE_DIRS", "") != " ".join(safe_dirs):
+        elif name in (IMAGE_DS, ROOTFS_DS) and have.get("SAFE_DIRS", "") != " ".join(safe_dirs):
             changes.append(Change("datastore", name, "update", f"SAFE_DIRS={' '.join(safe_dirs)}",
                                   run=lambda ds=ds: one.datastore.update(
                                       ds.ID, template.render([("SAFE_DIRS", " ".join(safe_dirs))]), 1)))

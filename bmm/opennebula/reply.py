@@ -25,7 +25,7 @@ from typing import NoReturn, TextIO
 
 from bmm import logs
 from bmm.errors import BmmError
-from bmm.guard import guarded, raise_on_sigterm
+from bmm.guard import freeze_for_exit, guarded, raise_on_sigterm
 
 log = logging.getLogger("bmm.remote")
 
@@ -114,4 +114,5 @@ def run_guarded(body: Callable[[Reporter], None], *, opennebula_major: int | Non
         rep = Reporter(stderr=real_stderr, opennebula_major=opennebula_major)
         guarded(lambda: body(rep), on_error=rep.fail, stderr=real_stderr)
         rep.flush_logs()
+        freeze_for_exit()
         sys.exit(0)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
-
-from lxml import etree
+from xml.etree import ElementTree
 
 from bmm.opennebula.args import parse_id
 from bmm.opennebula.xmlsafe import InputError, parse_xml
@@ -214,4 +213,4 @@ def parse_driver_action(xml: bytes | str) -> DriverAction:
 
 
 def to_string(elem) -> str:
-    return etree.tostring(elem, encoding="unicode")
+    return ElementTree.tostring(elem, encoding="unicode")

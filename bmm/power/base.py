@@ -21,7 +21,6 @@ Power adds the rest:
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -149,6 +148,8 @@ class Pacer:
         self.key = key
         self.min_interval = max(0.0, float(min_interval))
         self._directory = directory
+        import hashlib  # here: loading OpenSSL costs what never talks to a BMC some 5 ms
+
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         self._name = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:60] + "-" + digest
 

@@ -24,9 +24,9 @@ through a path the image controls.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
-import uuid
 from dataclasses import dataclass, field
 
 from bmm.errors import BmmError
@@ -214,7 +214,7 @@ def _unmount(ex, mnt: str) -> None:
 
 def _write_file(ex, directory: str, name: str, text: str) -> None:
     """Replace directory/name by a rename of a new file created with O_EXCL in directory."""
-    tmp = f"{directory}/.{name}.bmm-{uuid.uuid4().hex[:12]}"
+    tmp = f"{directory}/.{name}.bmm-{os.urandom(6).hex()}"
     ex.run(["dd", f"of={tmp}", "conv=excl,fsync", "status=none"], input=text, timeout=TIMEOUT)
     try:
         ex.run(["chmod", "0644", tmp], timeout=TIMEOUT)
@@ -233,7 +233,7 @@ def adapt_root(ex, device: str, *, vg: str, lv: str, allow_partitioned: bool = F
     fstype, offset, size = _find_root(ex, device, allow_partitioned)
     root_spec = root_device(vg, lv)
     loop = attach_loop(ex, device, offset, size) if offset or size is not None else None
-    mnt = f"{mount_base}/adapt-{uuid.uuid4().hex[:12]}"
+    mnt = f"{mount_base}/adapt-{os.urandom(6).hex()}"
     mounted = False
     try:
         ex.run(["mkdir", "-p", "-m", "0700", mount_base], timeout=TIMEOUT)

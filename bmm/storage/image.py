@@ -74,6 +74,17 @@ class Block(NamedTuple):
     data: bytes | bytearray | memoryview | None
 
 
+COMPRESSED_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"),
+                    (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
+def compression(path: str) -> str | None:
+    """The compressor whose magic a file starts with, else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    return next((name for magic, name in COMPRESSED_MAGIC if head.startswith(magic)), None)
+
+
 def inspect_image(path: str, fmt: str | None = None, *, timeout: float = 60) -> ImageInfo:
     """Format and sizes of an image. Pass the format OpenNebula declared (DRIVER/FORMAT) when
     known: then a raw image is never probed (a raw image whose content looks like qcow2 with a
@@ -96,6 +107,10 @@ def inspect_image(path: str, fmt: str | None = None, *, timeout: float = 60) -> 
     found = info.get("format")
     if found not in FORMATS:
         raise BmmError(f"image {path}: unsupported format {found!r} (bmm copies raw and qcow2 images)")
+    if found == "raw" and (packed := compression(path)):
+        # qemu calls any file raw; copied as is, a compressed upload would be a garbage disk
+        raise BmmError(f"image {path}: is {packed}-compressed, not a disk (register it in a datastore that "
+                       "decompresses uploads, bm_images, not bm_rootfs)")
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise BmmError(f"image {path}: has a backing file ({info.get('backing-filename')}); "
                        "flatten it first (qemu-img convert)")

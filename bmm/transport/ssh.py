@@ -2,6 +2,10 @@
 
 Commands are argv lists; every word is quoted with shlex before it crosses the wire, so a
 value from a template can never become shell syntax on the node.
+
+paramiko is imported where a connection is made, never at import time (_paramiko): it costs
+some 75 ms, and the inventory and most driver runs only need this module's settings and types
+(benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
@@ -10,21 +14,34 @@ import dataclasses
 import logging
 import shlex
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
-
-import paramiko
+from typing import TYPE_CHECKING, BinaryIO
 
 from bmm import settings
 from bmm.errors import AuthError, BmmError, FatalError, TimeoutExpired, TransientError
 from bmm.runner import Result, last_line, redact
 from bmm.settings import Setting
 
+if TYPE_CHECKING:
+    import paramiko
+
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 HOST_KEY_POLICIES = ("accept-new", "strict", "ignore")
+
+
+def _paramiko():
+    """paramiko, imported on first use. bmm reads no ssh_config, so paramiko's optional invoke
+    (only for ssh_config's `Match exec`; it brings asyncio and unittest.mock, some 75 ms) is kept
+    out: a None in sys.modules makes that import fail, which paramiko expects and tolerates."""
+    if "paramiko" not in sys.modules:
+        sys.modules.setdefault("invoke", None)
+    import paramiko
+
+    return paramiko
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,8 @@ class SshSession:
         self.close()
 
     def connect(self) -> None:
+        paramiko = _paramiko()
+
         t = self.target
         client = paramiko.SSHClient()
         if t.known_hosts:
@@ -143,6 +162,8 @@ class SshSession:
         timeout: float,
     ) -> Result:
         """Run argv and feed its stdin from source() until it returns None."""
+        paramiko = _paramiko()
+
         chan = self._open(quote_argv(argv), timeout)
         try:
             while True:
@@ -158,6 +179,8 @@ class SshSession:
             chan.close()
 
     def _open(self, command: str, timeout: float) -> paramiko.Channel:
+        paramiko = _paramiko()
+
         try:
             transport = self.client.get_transport()
             if transport is None or not transport.is_active():
@@ -170,6 +193,8 @@ class SshSession:
             raise TransientError(f"ssh {self.target.describe()}: {exc}", node=self.target.node) from None
 
     def _run_command(self, command, argv, timeout, input, check, secrets) -> Result:
+        paramiko = _paramiko()
+
         chan = self._open(command, timeout)
         try:
             if input is not None:
@@ -246,6 +271,8 @@ def host_key(target: SshTarget, timeout: float = 5.0) -> str | None:
     """The host key the SSH server at target presents ("<type> <base64>"), from the key
     exchange alone (no login), or None when no SSH server answers in time. Which OS runs on a
     machine shows in its host key: the home OS's is known, a tenant image brings its own."""
+    paramiko = _paramiko()
+
     try:
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
     except OSError:

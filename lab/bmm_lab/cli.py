@@ -116,13 +116,45 @@ def down_cmd(lab_dir, purge):
          f"devices detached, {rep['netns']} netns and {rep['links']} links removed")
 
 
-@cli.command("demo", help="Bring a lab up and show, step by step: power through the real BMC (and "
-             "PDU), a server booted into a different GRUB entry (a tenant OS on an LV), a board "
-             "booted over TFTP, ssh into each node. Then tear down.\n" + REAL_VS_EMULATED)
+@cli.command("demo", help="""The main job, end to end: an OpenNebula instance on bare metal
+through bmm's installed remotes. A lab comes up; then, in timed steps, for a server (and a
+netboot board with --board): register the host; create a VM, with the image copy's progress;
+RUNNING; ssh into the tenant with the key from CONTEXT (it shows the CONTEXT hostname);
+poweroff and resume (a file the tenant wrote survives); terminate; the disk shown wiped (the
+server's LV extents read as zeros, the board's NFS root gone). Then the lab is torn down.
+The server alone takes about a minute.
+
+\b
+Without an OpenNebula, the demo says so and uses bmm's emulation of oned's exec drivers
+(bmm_lab.oneemu): the remotes get the argv, base64 stdin and bare environment oned gives them,
+in oned's order (TM clone; TM context + VMM deploy; VMM shutdown; TM context + VMM deploy;
+VMM shutdown, TM delete per disk and of the VM directory).
+
+\b
+With one (--one URL or ONE_XMLRPC; credentials in ONE_AUTH or ~/.one/one_auth, as the
+`one*` commands find them), the same job goes through pyone: `bmm one register`, an image,
+`onetemplate instantiate`, `onevm deploy/poweroff/resume/terminate`. oned must run on this
+machine with bmm installed, and its bmm.toml must read the inventory of the lab the demo
+brings up in D: set `inventory = "D/nodes.toml"` in <remotes>/etc/bmm/bmm.toml, then
+  bmm lab demo --dir D --one http://localhost:2633/RPC2
+The demo deletes the hosts and the image it made; datastores and templates stay.
+
+\b
+Examples:
+  bmm lab demo                      # a server, emulated oned
+  bmm lab demo --board              # a server and a netboot board
+  bmm lab demo --keep               # leave the lab up afterwards
+""" + REAL_VS_EMULATED)
 @DIR_OPTION
-@click.option("--servers", default=2, show_default=True)
-@click.option("--boards", default=None, type=int, help="default 2 when the board half is built, else 0")
+@click.option("--servers", default=1, show_default=True, help="Lab servers; the job runs on the first (0: boards only).")
+@click.option("--boards", default=0, show_default=True, help="Lab boards; with any, the job runs on the first too.")
+@click.option("--board", is_flag=True, help="Also run the job on a netboot board (the lab gets one if --boards is 0).")
+@click.option("--one", "one_url", metavar="URL", envvar="ONE_XMLRPC",
+              help="oned's XML-RPC endpoint: run the job through a real OpenNebula [env ONE_XMLRPC].")
+@click.option("--one-auth", "one_auth", metavar="FILE", envvar="ONE_AUTH",
+              help="File holding user:password for oned [env ONE_AUTH; default ~/.one/one_auth].")
 @click.option("--keep", is_flag=True, help="Leave the lab up at the end.")
-def demo_cmd(lab_dir, servers, boards, keep):
+def demo_cmd(lab_dir, servers, boards, board, one_url, one_auth, keep):
     from bmm_lab import demo
-    demo.run(lab_dir, servers=servers, boards=boards, keep=keep, say=_say)
+    demo.run(lab_dir, servers=servers, boards=boards, board=board, keep=keep, one_url=one_url, one_auth=one_auth,
+             say=_say)

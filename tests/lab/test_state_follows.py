@@ -19,7 +19,6 @@ import time
 import pytest
 
 from bmm.config import load_config
-from bmm.inventory import node_for_host
 from bmm_lab.images import build_image
 from bmm.opennebula import template
 from bmm.runner import LocalExecutor

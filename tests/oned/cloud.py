@@ -1,9 +1,10 @@
 """The operator's side of the tier: bmm's OpenNebula objects made through pyone, and waits on VM
 and host states that, on timeout, say what OpenNebula and bmm were doing.
 
-Objects follow README.md / `install.sh --print-config`: a cluster; a system and an image
-datastore with TM_MAD "bmm" (image DS_MAD "fs"); one host per machine (`--im bmm --vm bmm`);
-a network with a front-end-only VN_MAD (dummy); VM templates that take the whole machine.
+Objects follow README.md's set-up: `bmm one register` makes the cluster, bmm's system and
+image datastores, one host per machine and one `bmm-<model>` template per model; the tier adds
+what README leaves to the operator, a network with a front-end-only VN_MAD (dummy), and
+instantiates those templates with a disk, a network and a CONTEXT (Template.extra).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pyone
 
+from bmm.opennebula.register import IMAGE_DS, SYSTEM_DS
 from tests.oned.frontend import Frontend
 
 POLL_S = 0.5
@@ -50,6 +52,10 @@ def _vm_log(vm_id: int) -> str:
     return f"vms/{vm_id}/vm.log"
 
 
+def _flat(tmpl) -> dict:
+    return {k: v if isinstance(v, str) else repr(v) for k, v in dict(tmpl or {}).items()}
+
+
 class WaitTimeout(AssertionError):
     pass
 
@@ -60,6 +66,14 @@ class Ids:
     system_ds: int
     image_ds: int
     network: int
+
+
+@dataclass(frozen=True)
+class Template:
+    """A VM template and what each instantiate adds to it (README: "instantiate a bmm-<model>
+    template with a disk and a network")."""
+    id: int
+    extra: str = ""
 
 
 class Cloud:
@@ -77,21 +91,33 @@ class Cloud:
         return other
 
     # ---------------------------------------------------------------- infrastructure
-    def setup(self, *, network_base: str = "10.250.0.10") -> Ids:
-        cluster = self.one.cluster.allocate("bare-metal")
-        system_ds = self.one.datastore.allocate('NAME = "bm_system"\nTYPE = "SYSTEM_DS"\nTM_MAD = "bmm"\n', cluster)
-        image_ds = self.one.datastore.allocate('NAME = "bm_images"\nDS_MAD = "fs"\nTM_MAD = "bmm"\n', cluster)
+    def adopt(self, *, cluster: str = "bare-metal", network_base: str = "10.250.0.10") -> Ids:
+        """Once `bmm one register` has run: the ids of what it made, found by name as an operator
+        would, and the network it leaves to the operator (in its cluster)."""
+        clusters = {c.NAME: c.ID for c in self.one.clusterpool.info().CLUSTER}
+        datastores = {d.NAME: d.ID for d in self.one.datastorepool.info().DATASTORE}
+        self.hosts = {h.NAME: h.ID for h in self.one.hostpool.info().HOST}
         network = self.one.vn.allocate(
             f'NAME = "bm-net"\nVN_MAD = "dummy"\nBRIDGE = "br0"\nAR = [ TYPE = "IP4", IP = "{network_base}", SIZE = "64" ]\n',
-            cluster)
-        self.ids = Ids(cluster, system_ds, image_ds, network)
+            clusters[cluster])
+        self.ids = Ids(clusters[cluster], datastores[SYSTEM_DS], datastores[IMAGE_DS], network)
         return self.ids
 
-    def add_host(self, name: str) -> int:
-        """`onehost create <name> --im bmm --vm bmm --cluster bare-metal`."""
-        hid = self.one.host.allocate(name, "bmm", "bmm", self.ids.cluster)
-        self.hosts[name] = hid
-        return hid
+    def objects(self) -> dict[str, dict]:
+        """What `bmm one register` makes or would change, kind -> {name: what defines it}:
+        clusters, datastores and templates with their templates, hosts with their drivers and
+        cluster (a host's template changes with every monitoring message)."""
+        return {
+            "cluster": {c.NAME: (c.ID,) for c in self.one.clusterpool.info().CLUSTER},
+            "datastore": {d.NAME: (d.ID, d.CLUSTERS.ID, _flat(d.TEMPLATE)) for d in self.one.datastorepool.info().DATASTORE},
+            "host": {h.NAME: (h.ID, h.IM_MAD, h.VM_MAD, h.CLUSTER_ID) for h in self.one.hostpool.info().HOST},
+            "template": {t.NAME: (t.ID, _flat(t.TEMPLATE)) for t in self.one.templatepool.info(-2, -1, -1).VMTEMPLATE},
+        }
+
+    def template_named(self, name: str) -> int:
+        found = [t.ID for t in self.one.templatepool.info(-2, -1, -1).VMTEMPLATE if t.NAME == name]
+        assert len(found) == 1, f"templates named {name}: {found}"
+        return found[0]
 
     def wait_hosts_monitored(self, names, timeout: float = 60) -> None:
         def check():
@@ -106,9 +132,11 @@ class Cloud:
         self.one.host.status(self.hosts[name], 0 if enabled else 1)
 
     # ---------------------------------------------------------------- images and templates
-    def register_image(self, path: Path, name: str, *, image_type: str = "OS", timeout: float = 120) -> int:
-        """`oneimage create --path <file under SAFE_DIRS /var/tmp> -d bm_images`, then READY."""
-        iid = self.one.image.allocate(f'NAME = "{name}"\nPATH = "{path}"\nTYPE = "{image_type}"\n', self.ids.image_ds)
+    def register_image(self, path: Path, name: str, *, image_type: str = "OS", timeout: float = 120,
+                       datastore: str = IMAGE_DS) -> int:
+        """`oneimage create --path <file under SAFE_DIRS /var/tmp> -d <datastore>`, then READY."""
+        ds = {d.NAME: d.ID for d in self.one.datastorepool.info().DATASTORE}[datastore]
+        iid = self.one.image.allocate(f'NAME = "{name}"\nPATH = "{path}"\nTYPE = "{image_type}"\n', ds)
 
         def check():
             image = self.one.image.info(iid)
@@ -129,11 +157,18 @@ class Cloud:
                 f'SCHED_REQUIREMENTS = {SCHED_REQUIREMENTS}\n'
                 f'CONTEXT = [ NETWORK = "YES", SSH_PUBLIC_KEY = "{ssh_public_key}", SET_HOSTNAME = "$NAME" ]\n')
 
-    def create_template(self, name: str, body: str) -> int:
-        return self.one.template.allocate(f'NAME = "{name}"\n{body}')
+    def extra(self, image_id: int, ssh_public_key: str, *, nic: bool = True) -> str:
+        """What an instantiate of a `bmm-<model>` template adds: the image, the network, and a
+        CONTEXT with the user's key and the VM's name as hostname."""
+        return (f'DISK = [ IMAGE_ID = "{image_id}" ]\n'
+                + (f'NIC = [ NETWORK_ID = "{self.ids.network}" ]\n' if nic else "")
+                + f'CONTEXT = [ NETWORK = "YES", SSH_PUBLIC_KEY = "{ssh_public_key}", SET_HOSTNAME = "$NAME" ]\n')
 
-    def instantiate(self, template_id: int, name: str, *, hold: bool = False) -> int:
-        return self.one.template.instantiate(template_id, name, hold, "", False)
+    def create_template(self, name: str, body: str) -> Template:
+        return Template(self.one.template.allocate(f'NAME = "{name}"\n{body}'))
+
+    def instantiate(self, template: Template, name: str, *, hold: bool = False) -> int:
+        return self.one.template.instantiate(template.id, name, hold, template.extra, False)
 
     # ---------------------------------------------------------------- VMs
     def vm(self, vm_id: int):

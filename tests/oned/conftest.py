@@ -1,6 +1,10 @@
 """Fixtures for the real-OpenNebula tier: a genuine oned, monitord and scheduler built from
 BMM_ONE_SOURCE (tests/oned/build.py, cached), driving bmm's installed remotes against the
-lab's servers, driven through pyone.
+lab's servers and a board, driven through pyone. bmm's objects in oned are made by
+`bmm one register`, as README.md tells an operator.
+
+The lab has a netboot board, so it starts an nfs-ganesha: run the tier on its own, or under
+`flock /tmp/bmm-board-lab.lock` when other board labs may run on the machine.
 
 Everything here is package-scoped: one lab, one front-end and one cloud set-up for the whole
 tier, torn down when its last test ends, whatever happened (failure, Ctrl-C, SIGTERM; an
@@ -19,12 +23,13 @@ import atexit
 import os
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.lab.conftest import LAB_TOOLS, lab_session
-from tests.oned.cloud import Cloud
+from tests.oned.cloud import Cloud, Template
 from tests.oned.machine import Machine
 from tests.support import REPO, require_lab
 
@@ -38,6 +43,7 @@ ROLES = (
     "undeploy", "attach_running", "attach_poweroff",
     "qcow2", "occupied_delete", "occupied_terminate",
 )
+BOARDS = 2                                 # board1 boots an NFS root, board2 two-stage TFTP
 # bmm.toml: waits sized for the lab (a lab server boots in about 1.5 s)
 BMM_SETTINGS = {"ssh_wait_s": 60, "boot_wait_s": 60, "power_timeout_s": 30}
 _live: dict[str, object] = {}
@@ -86,7 +92,7 @@ def one_install(sigterm_tears_down) -> Path:
 
 @pytest.fixture(scope="package")
 def lab(one_install):
-    yield from lab_session(servers=len(ROLES), boards=0)
+    yield from lab_session(servers=len(ROLES), boards=BOARDS)
 
 
 @pytest.fixture(scope="package")
@@ -110,14 +116,36 @@ def frontend(one_install, lab):
                 fe.purge()
 
 
+@dataclass
+class Registered:
+    """What `bmm one register` did when the tier set up its cloud: the dry run first, then the
+    real run, each with the objects oned had before and after it."""
+    dry_run: subprocess.CompletedProcess
+    before_dry_run: dict
+    after_dry_run: dict
+    run: subprocess.CompletedProcess
+    after_run: dict
+
+
 @pytest.fixture(scope="package")
-def cloud(frontend, lab) -> Cloud:
-    """The cluster, bmm's datastores and network, and one MONITORED host per lab server."""
+def registered(frontend) -> Registered:
+    """`bmm one register --dry-run`, then `bmm one register`, on the fresh oned."""
+    probe = Cloud(frontend, frontend.bmm_config)
+    before = probe.objects()
+    dry = frontend.bmm("one", "register", "--dry-run")
+    after_dry = probe.objects()
+    run = frontend.bmm("one", "register")
+    if run.returncode != 0:
+        raise RuntimeError(f"bmm one register failed ({run.returncode}):\n{run.stdout}{run.stderr}")
+    return Registered(dry, before, after_dry, run, probe.objects())
+
+
+@pytest.fixture(scope="package")
+def cloud(frontend, registered) -> Cloud:
+    """What `bmm one register` made, the network, and every host MONITORED."""
     c = Cloud(frontend, frontend.bmm_config)
-    c.setup()
-    for name in lab.servers:
-        c.add_host(name)
-    c.wait_hosts_monitored(lab.servers)
+    c.adopt()
+    c.wait_hosts_monitored(list(c.hosts))
     return c
 
 
@@ -148,14 +176,15 @@ def tenant_image(cloud, images_dir) -> int:
 
 
 @pytest.fixture(scope="package")
-def template(cloud, lab, tenant_image, tenant_key) -> int:
-    """A VM template for the tenant image that takes a whole lab server."""
-    from bmm.inventory import node_for_host
+def template(cloud, lab, tenant_image, tenant_key) -> Template:
+    """The template `bmm one register` made for the lab servers' model, with the tenant image,
+    the network and a CONTEXT added at each instantiate."""
     from bmm.config import load_config
-    node = node_for_host(load_config(cloud.bmm_config), lab.servers[0])
-    body = cloud.vm_template(tenant_image, tenant_key.with_suffix(".pub").read_text().strip(),
-                             memory_mb=int(node.memory_mb), vcpu=int(node.cpus))
-    return cloud.create_template("bm-tenant", body)
+    from bmm.inventory import node_for_host
+    from bmm.opennebula.register import template_name
+    model = node_for_host(load_config(cloud.bmm_config), lab.servers[0]).model
+    return Template(cloud.template_named(template_name(model)),
+                    cloud.extra(tenant_image, tenant_key.with_suffix(".pub").read_text().strip()))
 
 
 @pytest.fixture(scope="package")

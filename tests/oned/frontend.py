@@ -4,6 +4,7 @@ its own ONE_LOCATION, on free ports, with bmm installed the way README.md tells 
     fe = Frontend.create(build_dir)      # /var/tmp/bmm-oned-XXXX/one, ports chosen
     fe.install_bmm(repo, inventory)     # install.sh --remotes / --apply-config, bmm.toml edited
     fe.start()                          # one start, then wait for XML-RPC
+    fe.bmm("one", "register")           # the bmm command as the operator runs it there
     fe.stop(); fe.purge()               # one stop, then every leftover process of the session
 
 `stop` ends whatever the session started, found by its directory (tests/oned/processes.py);
@@ -21,6 +22,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import xmlrpc.client
@@ -192,6 +194,13 @@ class Frontend:
         return self.bmm_config
 
     # ---------------------------------------------------------------- run
+    def bmm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """The installed `bmm` command, run as an operator on this front-end: with ONE_LOCATION,
+        ONE_AUTH and ONE_XMLRPC set and no BMM_CONFIG, so it finds the remotes' bmm.toml."""
+        argv = [shutil.which("bmm") or str(Path(sys.executable).with_name("bmm")), *args]
+        return subprocess.run(argv, env=self.env, cwd=self.dir, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+
     def one(self, action: str, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.location / "bin" / "one"), action], env=self.env, cwd=self.dir,
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)

@@ -115,5 +115,6 @@ class Machine:
 
     def describe(self) -> str:
         record = self.record()
+        disk = f"; LVs {self.lvs()}" if self.lab.node(self.name).get("vg") else ""     # a board has none
         return (f"{self.name}: bmm state {record.state} (vm {record.vm_id}, last error {record.last_error!r}); "
-                f"machine {self.running()}; LVs {self.lvs()}")
+                f"machine {self.running()}{disk}")

@@ -1,7 +1,8 @@
 """The life cycle an operator relies on, through a genuine OpenNebula and the lab's servers.
 
 The tests run in file order and share three VMs on the two scheduler machines (every other
-host is disabled while this module runs): placement starts all three and the third must wait.
+host is disabled while this module runs), from the template `bmm one register` made for the
+servers' model: placement starts all three and the third must wait.
 The first (A) then goes through the tenant checks, poweroff/resume and terminate; the second
 (B) through the tenant checks, the reboots, the refusals and terminate --hard; the third,
 placed once A's machine is free, ends with terminate from POWEROFF. A failure on A does not
@@ -62,7 +63,8 @@ def assert_wiped(machine, vm_id):
 
 
 def test_hosts_are_monitored(cloud, lab):
-    for name in lab.servers:
+    assert set(cloud.hosts) == set(lab.servers) | set(lab.boards), cloud.hosts
+    for name in cloud.hosts:
         host = cloud.host(name)
         assert pyone.HOST_STATES(host.STATE).name == "MONITORED", name
         assert host.TEMPLATE["BAREMETAL"] == "YES"

@@ -76,6 +76,24 @@ def test_hardened_parser_refuses_entities_and_external_references():
         parse_xml(b"<VM>" + b"x" * (17 * 1024 * 1024) + b"</VM>")
 
 
+
+def test_hardened_parser_refuses_what_the_byte_check_cannot_see():
+    """A DOCTYPE in UTF-16 passes the byte check; the parser itself still refuses it."""
+    doc = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "aaaa">]><VM>&a;</VM>'
+    with pytest.raises(InputError, match="DOCTYPE"):
+        parse_xml(doc.encode("utf-16"))
+    with pytest.raises(InputError, match="deeper than"):
+        parse_xml(b"<a>" * 300 + b"</a>" * 300)
+    with pytest.raises(InputError, match=r"not valid XML \(line 1, column \d+\)"):
+        parse_xml(b"<VM>&undeclared;</VM>")
+
+
+def test_hardened_parser_keeps_text_and_drops_comments():
+    root = parse_xml(b"<VM><!-- note --><?pi x?><NAME><![CDATA[a<b]]></NAME><ID>7</ID></VM>")
+    assert [child.tag for child in root] == ["NAME", "ID"]
+    assert root.findtext("NAME") == "a<b" and root.findtext("ID") == "7"
+
+
 FULL = """<VMM_DRIVER_ACTION_DATA><HOST>node01</HOST><MIGR_HOST/><DEPLOY_ID>bmm-node01-42</DEPLOY_ID>
 <LOCAL_DEPLOYMENT_FILE>/var/lib/one/vms/42/deployment.0</LOCAL_DEPLOYMENT_FILE>
 <TM_COMMAND>CONTEXT bmm /var/lib/one/vms/42/context.sh node01:/var/lib/one//datastores/100/42/disk.1 42 100

@@ -172,3 +172,28 @@ def test_dry_run_prints_every_type_and_changes_nothing(tmp_path, cli_one):
     assert result.exit_code == 0 and "create   template tp64.8x8" in result.output
     result = CliRunner().invoke(main, ["one", "register", "--dry-run", "--inventory", str(inventory)])
     assert "would" not in result.output and "ok       template tp64.8x8" in result.output
+
+
+def _apply(one, inventory):
+    for change in register.plan(one, inventory):
+        if change.run is not None:
+            change.run()
+
+
+def test_boards_get_a_root_filesystem_datastore_that_keeps_uploads_compressed():
+    """oned's downloader unpacks a compressed upload unless NO_DECOMPRESS: a board's
+    rootfs.tar.gz needs a datastore that keeps it; a server's disk.raw.gz still decompresses."""
+    one = FakeOne()
+    _apply(one, blueprint_nodes())
+    stores = {d.NAME: d.TEMPLATE for d in one.objects["datastore"]}
+    assert stores[register.ROOTFS_DS]["NO_DECOMPRESS"] == "YES"
+    assert (stores[register.ROOTFS_DS]["TM_MAD"], stores[register.ROOTFS_DS]["DS_MAD"]) == ("bmm", "fs")
+    assert "NO_DECOMPRESS" not in stores[register.IMAGE_DS]
+    again = by_name(register.plan(one, blueprint_nodes()))
+    assert again[("datastore", register.ROOTFS_DS)].action == "ok"
+
+
+def test_servers_alone_get_no_root_filesystem_datastore():
+    one = FakeOne()
+    _apply(one, nodes(s1=server("s1")))
+    assert register.ROOTFS_DS not in {d.NAME for d in one.objects["datastore"]}
