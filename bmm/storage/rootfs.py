@@ -8,7 +8,9 @@ What an image can be:
 - a raw or qcow2 filesystem image, or a whole-disk image (its root partition, found as for
   local-disk servers by bmm.storage.image.probe_layout): mounted read-only through a loop
   device (at the partition's offset), and tarred with GNU tar `--numeric-owner --xattrs
-  --acls`, so owners, modes, xattrs, ACLs and device nodes are kept. A qcow2 image is first
+  --acls`, so owners, modes, xattrs, ACLs and device nodes are kept (and no `--sparse`: a
+  file with holes, as `mke2fs -d` leaves them, would become a GNU sparse member, which the
+  two-stage boot's busybox tar unpacks as a literal `GNUSparseFile.<n>/` path). A qcow2 image is first
   converted to a sparse raw file in a private temporary directory: the kernel can only
   loop-mount raw bytes, and a board's root is small.
 Mounting needs root: when bmm does not run as root, the commands run through `sudo -n`.
@@ -35,7 +37,7 @@ from bmm.storage.image import inspect_image, probe_layout
 
 CHUNK = 1 << 20
 TAR_CREATE = ["tar", "--create", "--file=-", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
-              "--one-file-system", "--sparse", "--directory"]
+              "--one-file-system", "--directory"]
 TAR_EXTRACT = ["tar", "--extract", "--file=-", "--preserve-permissions", "--same-owner", "--numeric-owner",
                "--xattrs", "--xattrs-include=*", "--acls", "--directory"]
 

@@ -57,8 +57,9 @@ class World:
     def image(self, kind: str) -> Path:
         """A tenant board root without one-context (a Tilera MDE rootfs, say): `tar.gz`
         (GNU tar, numeric owners, xattrs) or `ext4` (a raw filesystem image, mke2fs -d), with
-        a file owned by 1234:4321 mode 0640 holding an xattr, a device node, and its own kernel
-        for the board's architecture in /boot (ext4 image only)."""
+        a file owned by 1234:4321 mode 0640 holding an xattr, a device node, a file with holes,
+        and its own kernel for the board's architecture in /boot (`ext4` only; `ext4-plain` is
+        the same filesystem image without one)."""
         if kind in self.images:
             return self.images[kind]
         root = self.tmp / f"root-{kind}"
@@ -74,11 +75,15 @@ class World:
         os.setxattr(data, "user.bmm", b"kept")
         if not (root / "dev/bmm-null").exists():
             os.mknod(root / "dev/bmm-null", 0o666 | 0o020000, os.makedev(1, 3))
+        with open(root / "srv/holes", "wb") as f:          # a file with holes: mke2fs -d keeps them
+            f.seek(3 * 2**20)
+            f.write(b"after the hole\n")
         if kind == "ext4":
             (root / "boot").mkdir(exist_ok=True)
             (root / "boot/vmlinux-tile").write_text(
                 "# the tenant's own kernel\nBMM_LAB_KERNEL=1\nARCH=tilepro64\nTLR_ROOT=nfs\n")
-            out = self.tmp / "tenant-root.ext4"
+        if kind.startswith("ext4"):
+            out = self.tmp / f"tenant-root.{kind}"
             subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(out), "48M"], check=True)
         else:
             out = self.tmp / "tenant-root.tar.gz"
@@ -250,6 +255,26 @@ def test_full_life_cycle(world, board, kind):
     else:
         assert not list(boardpaths.stage_dir(world.lab.dir).glob(f"{board}-vm{vm}-*"))
         assert all_zero(world.sda1(board))
+
+
+def test_a_two_stage_board_boots_a_filesystem_image_whole(world):
+    """A raw ext4 root reaches /dev/sda1 through stage 1's busybox tar whole: a file with holes
+    (mke2fs -d keeps them) arrives as itself, not as a GNU sparse member."""
+    vm = 13
+    key = world.user_key("bob13")
+    image = world.image("ext4-plain")
+    ok(world.clone(vm, TWO, image))
+    try:
+        ok(world.deploy(vm, TWO, key, "tenant-13"))
+        assert world.tenant(TWO, key, ["hostname"]).strip() == "tenant-13"
+        assert world.lab.daemon_status(TWO)["detail"].startswith("root /dev/sda1")
+        listing = world.tenant(TWO, key, ["sh", "-c", "ls -a / /srv"])
+        assert "GNUSparseFile" not in listing
+        assert world.tenant(TWO, key, ["wc", "-c", "/srv/holes"]).split()[0] == str(3 * 2**20 + 15)
+        assert world.tenant(TWO, key, ["tail", "-c", "15", "/srv/holes"]) == "after the hole\n"
+    finally:
+        ok(world.action("cancel", vm, TWO))
+        ok(world.delete(vm, TWO))
 
 
 def _canary(world, board: str, vm_a: int, vm_b: int, where: str) -> None:
