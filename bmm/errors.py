@@ -47,6 +47,10 @@ class TimeoutExpired(TransientError):
     """A deadline passed while waiting for something."""
 
 
+class CorruptCopy(BmmError):
+    """A copy's bytes arrived altered: the node's checksum differs from the sender's."""
+
+
 class NotSupported(BmmError):
     """An OpenNebula action that bare metal cannot honour. The words "not supported" come
     first: oned keeps only the first 100 characters of an error in the VM's ERROR."""

@@ -49,7 +49,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bmm.errors import BmmError, TimeoutExpired, TransientError
+from bmm.errors import BmmError, CorruptCopy, TimeoutExpired, TransientError
 from bmm.storage.digests import DigestCache, source_files
 from bmm.storage.image import CHUNK, ZERO_BLOCK, ImageInfo, image_blocks, inspect_image, open_image
 from bmm.storage.lvm import blockdev_size, executor_node
@@ -544,7 +544,7 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
             raise exc.error from None
         except BaseException as exc:
             error = _classify(exc, image_path, device, node)
-            if known and "checksum mismatch" in str(error):
+            if known and isinstance(error, CorruptCopy):
                 digests.drop(entry)           # stale: the next try hashes again
             raise error from None
         finally:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from bmm.errors import BmmError, FatalError, TransientError
+from bmm.errors import BmmError, CorruptCopy, FatalError, TransientError
 from bmm.storage.image import CHUNK, ZERO_BLOCK, Block, ImageInfo, image_blocks, inspect_image, open_image
 from bmm.storage.lvm import blockdev_size, executor_node
 
@@ -336,9 +336,9 @@ def _classify(exc: BaseException, image_path: str, device: str, node: str | None
         return exc
     if isinstance(exc, BmmError):
         text = exc.reason
-        for kind in ("fatal", "corrupt"):       # corrupt: a version 2 stream whose MAC differs
+        for kind, error in (("fatal", BmmError), ("corrupt", CorruptCopy)):   # corrupt: the MAC differs
             if f"bmm-recv: {kind}:" in text:
-                return BmmError(f"{what} failed: {text.split(f'bmm-recv: {kind}:', 1)[1].strip()}", node=node)
+                return error(f"{what} failed: {text.split(f'bmm-recv: {kind}:', 1)[1].strip()}", node=node)
         cause = text.split("bmm-recv: interrupted:", 1)[1].strip() if "bmm-recv: interrupted:" in text else text
         return TransientError(f"{what} interrupted: {cause}", node=node)
     if isinstance(exc, OSError):     # e.g. BrokenPipeError: the receiver went away mid-stream

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from bmm.errors import BmmError, TransientError
+from bmm.errors import BmmError, CorruptCopy, TransientError
 from bmm.storage import chain, delivery
 from bmm.storage.digests import DigestCache, source_files
 from bmm.storage.image import inspect_image
@@ -343,7 +343,7 @@ def test_a_stream_altered_on_its_way_is_refused(node, target, images, transport)
     finally:
         if proxy:
             proxy.close()
-    assert not isinstance(err.value, TransientError)
+    assert isinstance(err.value, CorruptCopy) and not isinstance(err.value, TransientError)
     assert lv.size not in seen
 
 
@@ -564,7 +564,7 @@ def test_a_remembered_digest_skips_hashing_and_never_outlives_its_image(node, ta
         f.write(first.digest + "\n")
     with pytest.raises(BmmError, match="checksum mismatch") as err:
         copy()
-    assert not isinstance(err.value, TransientError) and os.listdir(cache.dir) == [entries[first.digest]]
+    assert isinstance(err.value, CorruptCopy) and os.listdir(cache.dir) == [entries[first.digest]]
     assert copy().hashed and len(os.listdir(cache.dir)) == 2
 
 
