@@ -76,3 +76,12 @@ def stop_monitor_daemon(state_dir, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def all_zero(path: Path) -> bool:
+    """Every byte of the file is zero (a wiped disk or partition)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True

@@ -40,7 +40,10 @@ class BmmGroup(click.Group):
         except ModuleNotFoundError as exc:
             if exc.name != GROUPS[name]:
                 raise
-            return _not_installed(name) if name in OPTIONAL else _not_built(name)
+            if name in OPTIONAL:
+                return _unavailable(name, f"(not installed) {OPTIONAL[name]}.",
+                                    f"`bmm {name}` is not installed here: {OPTIONAL[name]}")
+            return _unavailable(name, f"(not built yet) the `{name}` commands.", f"`bmm {name}` is not built yet")
         return module.cli
 
     def invoke(self, ctx):
@@ -69,20 +72,11 @@ def _log_to_terminal() -> None:
     logging.captureWarnings(True)
 
 
-def _not_installed(name: str) -> click.Command:
-    @click.command(name, help=f"(not installed) {OPTIONAL[name]}.",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def _unavailable(name: str, help: str, message: str) -> click.Command:
+    """A command group that is listed but cannot run here: it says why, whatever it is given."""
+    @click.command(name, help=help, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def stub():
-        raise click.ClickException(f"`bmm {name}` is not installed here: {OPTIONAL[name]}")
-
-    return stub
-
-
-def _not_built(name: str) -> click.Command:
-    @click.command(name, help=f"(not built yet) the `{name}` commands.",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def stub():
-        raise click.ClickException(f"`bmm {name}` is not built yet")
+        raise click.ClickException(message)
 
     return stub
 

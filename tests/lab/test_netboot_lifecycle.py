@@ -24,7 +24,7 @@ from bmm_lab import boardpaths, boardroot
 from bmm.state import open_store
 from bmm.transport.ssh import SshSession, SshTarget
 from tests.onemock import OpenNebula, drv_action, vm_xml
-from tests.support import require_lab
+from tests.support import all_zero, require_lab
 
 SETTINGS = "ssh_wait_s = 60\nboot_wait_s = 45\npower_timeout_s = 20"
 NFS, TWO = "board1", "board2"
@@ -161,13 +161,6 @@ def failed(ex) -> str:
     assert len(lines) == 1, ex.stderr
     return lines[0]
 
-
-def all_zero(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
 
 
 def console_since(world, board: str, mark: int) -> str:

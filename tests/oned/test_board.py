@@ -28,6 +28,7 @@ from bmm.opennebula.register import template_name
 from bmm.transport.ssh import SshSession, SshTarget
 from tests.oned.cloud import DEPLOY_TIMEOUT_S, Template
 from tests.oned.machine import Machine
+from tests.support import all_zero
 
 
 @pytest.fixture(params=["nfsroot", "tftp2stage"])
@@ -103,13 +104,6 @@ def assert_booted(cloud, vm, lab, board: Machine, key: Path, token: str | None =
     if token:
         assert kept == token, f"{board.name}: the root lost what was written to it before poweroff"
 
-
-def all_zero(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
 
 
 def test_a_board_through_its_life_cycle(cloud, registered, lab, board, board_root, tenant_key):
