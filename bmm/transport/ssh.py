@@ -44,6 +44,17 @@ def _paramiko():
     return paramiko
 
 
+def _cause(exc: BaseException) -> str:
+    """What went wrong on the link, in words. paramiko and the socket layer often raise with no
+    message at all (EOFError(), SSHException('')), which would leave an error ending in a colon."""
+    text = str(exc).strip()
+    if text:
+        return text
+    if isinstance(exc, EOFError):
+        return "the connection closed"
+    return f"the session ended ({type(exc).__name__})"
+
+
 @dataclass(frozen=True)
 class SshTarget:
     host: str
@@ -114,7 +125,7 @@ class SshSession:
             raise FatalError(f"ssh {t.describe()}: unknown host ({exc.strerror})", node=t.node) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
-            raise TransientError(f"ssh {t.describe()}: {exc or type(exc).__name__}", node=t.node) from None
+            raise TransientError(f"ssh {t.describe()}: {_cause(exc)}", node=t.node) from None
         if t.known_hosts and t.host_key_policy == "accept-new":
             try:
                 client.save_host_keys(t.known_hosts)
@@ -174,7 +185,7 @@ class SshSession:
             chan.shutdown_write()
             return self._finish(chan, tuple(str(a) for a in argv), timeout, True, ())
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise TransientError(f"ssh {self.target.describe()}: link lost: {exc}", node=self.target.node) from None
+            raise TransientError(f"ssh {self.target.describe()}: link lost: {_cause(exc)}", node=self.target.node) from None
         finally:
             chan.close()
 
@@ -189,8 +200,11 @@ class SshSession:
             chan.settimeout(timeout)
             chan.exec_command(command)
             return chan
+        except paramiko.ChannelException as exc:
+            raise TransientError(f"ssh {self.target.describe()}: the node refused a session: {_cause(exc)}",
+                                 node=self.target.node) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise TransientError(f"ssh {self.target.describe()}: {exc}", node=self.target.node) from None
+            raise TransientError(f"ssh {self.target.describe()}: link lost: {_cause(exc)}", node=self.target.node) from None
 
     def _run_command(self, command, argv, timeout, input, check, secrets) -> Result:
         paramiko = _paramiko()
@@ -202,7 +216,7 @@ class SshSession:
             chan.shutdown_write()
             return self._finish(chan, argv, timeout, check, secrets)
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise TransientError(f"ssh {self.target.describe()}: link lost: {exc}", node=self.target.node) from None
+            raise TransientError(f"ssh {self.target.describe()}: link lost: {_cause(exc)}", node=self.target.node) from None
         finally:
             chan.close()
 
