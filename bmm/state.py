@@ -142,6 +142,13 @@ class NodeRecord:
         return self.state in TRANSIENT
 
     @property
+    def version(self) -> tuple:
+        """What a transition changes: two reads with one version saw one state of the node.
+        updated_at is to the second, so a round trip back to the same state and VM within
+        one second goes unseen."""
+        return (self.state, self.vm_id, self.updated_at)
+
+    @property
     def interrupted(self) -> bool:
         """In a transient state whose owner process is gone (recover() will fail it)."""
         return self.transient and not pid_alive(self.owner_pid, self.owner_start)
@@ -186,6 +193,7 @@ class StateStore:
         self.busy_timeout_s = busy_timeout_s
         self.history_limit = history_limit
         self.locks = NodeLocks(lock_dir or self.path.parent / "locks", wait_s=lock_wait_s)
+        self.last_written: NodeRecord | None = None      # the record this store last wrote
         self._schema_ready = False
 
     # ------------------------------------------------------------------ connections
@@ -388,7 +396,8 @@ class StateStore:
                      " SELECT id FROM node_history WHERE node = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                      (current.name, current.name, self.history_limit))
         row = conn.execute("SELECT * FROM nodes WHERE name = ?", (current.name,)).fetchone()
-        return self._record(current.name, row)
+        self.last_written = self._record(current.name, row)
+        return self.last_written
 
     def _fail_interrupted(self, conn: sqlite3.Connection, current: NodeRecord) -> NodeRecord:
         message = f"interrupted while {current.state}"

@@ -27,8 +27,14 @@ How, and why:
   last-known VM payloads are forgotten, and a last-known VM payload is only replayed while the
   node's state record is still the one it was probed under: a state from before an action is
   never replayed after it (a stale RUNNING would make oned resume a VM that was powered off).
-- Node states come from one read of the state database (StateStore.all) per SNAPSHOT_TTL_S,
-  not one per host: opening the database costs ~1 ms, a core·s per thousand hosts.
+  The same holds for a fresh result: a probe records the node's state record as it left it
+  (its kind may make the record follow what it saw), and its VM payloads are not sent if,
+  when it answers, an action holds the node or the record has moved on: it observed the
+  machine before an action that began (or even ended) while it waited on the BMC.
+- Node states come from one read of the state database (StateStore.all), not one per host:
+  opening the database costs ~1 ms, a core·s per thousand hosts. The read is repeated when
+  the database or its WAL changed (a stat of each, so a state written a moment ago is seen
+  when a probe answers), and at least every SNAPSHOT_TTL_S.
 - Every probe builds its report afresh (build_report): a report may observe its machine once
   and keep the answer, so one kept from an earlier probe could repeat an old state.
 - Sending belongs to the Outbox (im_drivers/outbox.py): the scheduler never waits on the
@@ -60,7 +66,7 @@ from bmm import logs
 from bmm.config import load_config
 from bmm.errors import BmmError
 from bmm.opennebula import monitor
-from bmm.state import open_store
+from bmm.state import NodeRecord, open_store
 from im_drivers import hosts
 from im_drivers.control import build_report
 from im_drivers.messages import beacon, payloads
@@ -94,12 +100,16 @@ class Outcome:
     payloads: dict[str, str] | None = None
     failure: str | None = None              # a BmmError: the host cannot be monitored
     crash: BaseException | None = None      # anything else: a bug in a kind's report
+    seen: tuple | None = None               # the record version the VM payloads hold under
 
 
 def run_probe(config, name: str, kinds: tuple[str, ...]) -> Outcome:
-    """The probe (the report code's): build_report, then payloads."""
+    """The probe (the report code's): build_report, then payloads; with VM payloads, the
+    version of the node record they hold under (HostReport.vms_basis)."""
     try:
-        return Outcome(payloads=payloads(build_report(config, name), kinds))
+        report = build_report(config, name)
+        out = payloads(report, kinds)
+        return Outcome(payloads=out, seen=report.vms_basis if VM_TYPES.intersection(out) else None)
     except BmmError as exc:
         return Outcome(failure=str(exc))
     except Exception as exc:  # noqa: BLE001 - a kind's bug is reported, never raised here
@@ -107,9 +117,9 @@ def run_probe(config, name: str, kinds: tuple[str, ...]) -> Outcome:
 
 
 class Probe(Job):
-    def __init__(self, host_id: int, kinds: tuple[str, ...], seen, fn):
+    def __init__(self, host_id: int, kinds: tuple[str, ...], fn):
         super().__init__(fn)
-        self.host_id, self.kinds, self.seen = host_id, kinds, seen
+        self.host_id, self.kinds = host_id, kinds
         self.late = False
 
 
@@ -146,6 +156,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._records: dict = {}
         self._records_at = float("-inf")
+        self._records_signature: tuple = ()
+        self._db_files = (str(self.store.path), f"{self.store.path}-wal")
         self._records_failed = False
         self._guard_logged: dict[str, float] = {}
 
@@ -238,8 +250,7 @@ class Scheduler:
             self._submit(host, probed, now)
 
     def _submit(self, host: Host, kinds: tuple[str, ...], now: float) -> None:
-        probe = Probe(host.reg.host_id, kinds, self._fingerprint(host.reg.name),
-                      partial(run_probe, self.config, host.reg.name, kinds))
+        probe = Probe(host.reg.host_id, kinds, partial(run_probe, self.config, host.reg.name, kinds))
         host.probe = probe
         heapq.heappush(self._heap, (now + host.deadline_s, next(self._seq), host.reg.host_id, probe))
         self.pool.submit(probe)
@@ -270,14 +281,14 @@ class Scheduler:
             # time to log in) is still reported, one period late, rather than never
             self.counts["late_dropped"] += 1
             if out.payloads is not None:
-                host.last.update(out.payloads)
-                host.seen = probe.seen
+                self._keep(host, out, self._current(host, out))
             return
         if out.payloads is not None:
-            for kind, payload in out.payloads.items():
+            current = self._current(host, out)
+            for kind, payload in current.items():
                 self._send(host, kind, True, payload)
-            host.last.update(out.payloads)
-            host.seen, host.error = probe.seen, None
+            self._keep(host, out, current)
+            host.error = None
             if host.troubles:
                 log.info("host %s (%d) is monitored again", host.reg.name, host.reg.host_id)
                 host.troubles.clear()
@@ -296,13 +307,33 @@ class Scheduler:
                 log.error("host %s (%d): probe traceback", host.reg.name, host.reg.host_id,
                           exc_info=(type(exc), exc, exc.__traceback__))
 
+    def _current(self, host: Host, out: Outcome) -> dict[str, str]:
+        """The probe's payloads that still hold: its VM payloads go if an action holds the
+        node now or its record moved on since the probe observed it."""
+        if not VM_TYPES.intersection(out.payloads) or not self._moved_on(host, out.seen):
+            return out.payloads
+        self.counts["stale_dropped"] += 1
+        for kind in VM_TYPES:
+            host.last.pop(kind, None)
+        return {k: v for k, v in out.payloads.items() if k not in VM_TYPES}
+
+    @staticmethod
+    def _keep(host: Host, out: Outcome, current: dict[str, str]) -> None:
+        """Remember what holds as the last known; VM payloads with the record they came under."""
+        host.last.update(current)
+        if VM_TYPES.intersection(current):
+            host.seen = out.seen
+
+    def _moved_on(self, host: Host, seen: tuple | None) -> bool:
+        return seen is None or self._busy(host) or self._version(host.reg.name) != seen
+
     def _report_known(self, host: Host, kinds: tuple[str, ...]) -> None:
-        current = self._fingerprint(host.reg.name) if VM_TYPES.intersection(kinds) else None
+        moved_on = self._moved_on(host, host.seen) if VM_TYPES.intersection(kinds) else False
         for kind in kinds:
             payload = host.last.get(kind)
             if payload is None:
                 continue
-            if kind in VM_TYPES and current != host.seen:
+            if kind in VM_TYPES and moved_on:
                 del host.last[kind]     # the node changed since: what we knew is not known now
                 continue
             self._send(host, kind, True, payload)
@@ -322,10 +353,23 @@ class Scheduler:
 
     # ------------------------------------------------------------------ node state
 
+    def _db_signature(self) -> tuple:
+        """Identity, size and mtime of the state database and its WAL: a commit changes one."""
+        signature = []
+        for path in self._db_files:
+            try:
+                st = os.stat(path)
+                signature.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                signature.append(None)
+        return tuple(signature)
+
     def _snapshot(self) -> dict:
         now = time.monotonic()
-        if now - self._records_at > SNAPSHOT_TTL_S:
-            self._records_at = now
+        signature = self._db_signature()
+        if signature != self._records_signature or now - self._records_at > SNAPSHOT_TTL_S:
+            # taken before the read: a commit landing during it makes the next call read again
+            self._records_at, self._records_signature = now, signature
             try:
                 self._records = {r.name: r for r in self.store.all()}
                 if self._records_failed:
@@ -338,9 +382,9 @@ class Scheduler:
                 self._records_failed = True
         return self._records
 
-    def _fingerprint(self, name: str) -> tuple | None:
+    def _version(self, name: str) -> tuple:
         record = self._snapshot().get(name)
-        return None if record is None else (record.state, record.vm_id, record.updated_at)
+        return (record if record is not None else NodeRecord(name=name)).version     # as StateStore.get
 
     def _busy(self, host: Host) -> bool:
         record = self._snapshot().get(host.reg.name)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bmm import __version__
-from bmm.state import ACTIVE
+from bmm.state import ACTIVE, NodeRecord
 
 HYPERVISOR = "bmm"
 
@@ -42,6 +42,7 @@ class HostReport:
         self.state_store = state_store
         self._kind = kind
         self._vms: list[VmReport] | None = None
+        self.vms_basis: tuple | None = None
 
     def system_host(self) -> list[tuple[str, Any]]:
         n = self.node
@@ -144,8 +145,20 @@ class HostReport:
         return self._vms
 
     def _observe(self) -> list[VmReport]:
+        """Also sets vms_basis: the version of the node record the answer holds under, read
+        after the machine was observed, or None when another process changed the record
+        meanwhile (an action began, or even ended, while the BMC was asked): the answer is
+        from before it. A change the kind made itself (act) is the answer's own."""
+        record = self.record()
+        before = self._version(record)
         out = []
-        for vm_id, state in self.kind.reported_instances(self.record(), act=True):
+        for vm_id, state in self.kind.reported_instances(record, act=True):
             memory = int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0
             out.append(VmReport(vm_id, self.kind.deploy_id(vm_id), str(state), {"CPU": 0, "MEMORY": memory}))
+        after = self._version(self.record())
+        own = self.kind.last_written
+        self.vms_basis = after if after == before or (own is not None and own.version == after) else None
         return out
+
+    def _version(self, record) -> tuple:
+        return (record if record is not None else NodeRecord(name=self.node.name)).version

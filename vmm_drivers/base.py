@@ -272,6 +272,11 @@ class Kind:
             self._store = open_store(config=self.config)
         return self._store
 
+    @property
+    def last_written(self) -> NodeRecord | None:
+        """The node record this kind's own store last wrote (None: it wrote nothing)."""
+        return self._store.last_written if self._store is not None else None
+
     def perform(self, action: str, call):
         method = getattr(self, action)
         access = ACCESS.get(action)

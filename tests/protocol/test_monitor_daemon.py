@@ -242,6 +242,34 @@ def test_a_node_with_an_action_in_flight_is_beaconed_but_not_probed(make_lab):
     probed_again()
 
 
+def test_a_probe_under_way_when_an_action_runs_is_not_reported(make_lab):
+    """The BMC said RUNNING, then a shutdown took the node, powered it off and ended, all
+    before the probe answered: that RUNNING is from before the action and must not reach
+    monitord (oned would take the powered-off VM for running again)."""
+    periods = {"BEACON_HOST": 1, "STATE_VM": 10, "MONITOR_VM": 10, "MONITOR_HOST": 600, "SYSTEM_HOST": 600}
+    lab = make_lab(["node1"])
+    store = StateStore(lab.state_dir / "state.db")
+    store.transition("node1", "deploying", vm_id=7)
+    store.transition("node1", "active")
+    lab.behave("node1", vm=7, power="on", count=True)
+    lab.register(50, "node1", periods=periods)
+    lab.start()
+    first_state(lab, ["node1"])
+    lab.behave("node1", vm=7, power="on", delay=2.0, count=True)     # deadline 3 s: never late
+    running = 'VM=[ID="7",DEPLOY_ID="bmm-node1-7",STATE="RUNNING"]\n'
+    calls = slowkind.calls(lab.state_dir, "node1")
+    wait_for(lambda: slowkind.calls(lab.state_dir, "node1") > calls, 15, "the next probe to begin", interval=0.01)
+    began = time.monotonic()
+    with store.lock("node1", "shutdown", vm_id=7):      # the probe is waiting on the BMC
+        store.transition("node1", "stopping")
+        lab.behave("node1", vm=7, power="off", count=True)
+        store.transition("node1", "off")
+    assert time.monotonic() - began < 1.5, "the action outlasted the probe: the test proved nothing"
+    wait_for(lambda: lab.status().get("counts", {}).get("stale_dropped"), 10, "the stale result to be dropped")
+    wait_for(lambda: lab.received("node1", "STATE_VM", began), 15, "the next probe's STATE_VM")
+    assert [m.payload for t, m in lab.received("node1", "STATE_VM", began)] == [running.replace("RUNNING", "POWEROFF")]
+
+
 def test_a_late_probe_is_reported_at_the_deadline_and_its_result_a_period_later(make_lab):
     periods = {"BEACON_HOST": 1, "STATE_VM": 2, "MONITOR_VM": 2, "MONITOR_HOST": 600, "SYSTEM_HOST": 600}
     lab = make_lab(["slow1"])

@@ -192,3 +192,35 @@ def test_rearm_when_the_instance_runs_does_nothing(world):
     running(world)
     world.kind.perform("rearm", VmmCall(action="rearm", argv=[], vm_id=VM, host="n1"))
     assert "power reset" not in world.machine.calls
+
+
+def test_the_report_says_which_record_its_instance_state_holds_under(world, monkeypatch):
+    """The monitor daemon sends a probe's VM states only while the node's record is still the
+    one they were observed under (vms_basis): the kind's own follow-up write keeps them; a
+    write by another process while the BMC was asked voids them."""
+    running(world)
+    report = HostReport(world.kind.node, world.kind.config, world.store, kind=world.kind)
+    assert [vm.state for vm in report.vms()] == ["RUNNING"]
+    assert report.vms_basis == world.store.get("n1").version
+
+    world.machine.power = "off"                     # powered off outside OpenNebula: the record follows
+    report = HostReport(world.kind.node, world.kind.config, world.store, kind=world.kind)
+    assert [vm.state for vm in report.vms()] == ["POWEROFF"]
+    assert world.store.get("n1").state == "off"
+    assert report.vms_basis == world.store.get("n1").version
+
+    other = StateStore(world.kind.config.state_db)  # an action elsewhere, while the BMC answers
+    status = FakePower.status
+
+    def meanwhile(self):
+        other.transition("n1", "deleting", vm_id=VM)
+        return status(self)
+
+    monkeypatch.setattr(FakePower, "status", meanwhile)
+    world.store.transition("n1", "stopping", vm_id=VM)
+    world.store.transition("n1", "active", vm_id=VM)
+    world.machine.power = "on"
+    world.machine.os = "tenant"
+    report = HostReport(world.kind.node, world.kind.config, world.store, kind=world.kind)
+    report.vms()
+    assert report.vms_basis is None
