@@ -27,10 +27,11 @@ How, and why:
   last-known VM payloads are forgotten, and a last-known VM payload is only replayed while the
   node's state record is still the one it was probed under: a state from before an action is
   never replayed after it (a stale RUNNING would make oned resume a VM that was powered off).
-  The same holds for a fresh result: a probe records the node's state record as it left it
-  (its kind may make the record follow what it saw), and its VM payloads are not sent if,
-  when it answers, an action holds the node or the record has moved on: it observed the
-  machine before an action that began (or even ended) while it waited on the BMC.
+  The same holds for a fresh result: a probe's VM payloads carry the version of the record
+  they hold under (HostReport.vms_basis: the record observed from, or the one its kind wrote
+  to follow what it saw), and are not sent if, when the probe answers, an action holds the
+  node or the record has moved on: the machine was observed before an action that began
+  (or even ended) while the probe waited on the BMC.
 - Node states come from one read of the state database (StateStore.all), not one per host:
   opening the database costs ~1 ms, a core·s per thousand hosts. The read is repeated when
   the database or its WAL changed (a stat of each, so a state written a moment ago is seen

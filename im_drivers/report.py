@@ -145,19 +145,20 @@ class HostReport:
         return self._vms
 
     def _observe(self) -> list[VmReport]:
-        """Also sets vms_basis: the version of the node record the answer holds under, read
-        after the machine was observed, or None when another process changed the record
-        meanwhile (an action began, or even ended, while the BMC was asked): the answer is
-        from before it. A change the kind made itself (act) is the answer's own."""
+        """Also sets vms_basis: the version of the node record the answer holds under: the
+        record it was observed from, or the one the kind wrote when it made the record follow
+        what it saw (act). Whoever sends the answer compares it with the record then: any
+        other change since (an action began, or even ended, while the BMC was asked) means
+        the answer is from before it. No second read of the record here: the monitor daemon
+        holds a fresh copy of every record anyway."""
         record = self.record()
-        before = self._version(record)
+        written = self.kind.last_written
         out = []
         for vm_id, state in self.kind.reported_instances(record, act=True):
             memory = int(self.node.memory_mb or 0) * 1024 if state == "RUNNING" else 0
             out.append(VmReport(vm_id, self.kind.deploy_id(vm_id), str(state), {"CPU": 0, "MEMORY": memory}))
-        after = self._version(self.record())
         own = self.kind.last_written
-        self.vms_basis = after if after == before or (own is not None and own.version == after) else None
+        self.vms_basis = own.version if own is not written and own is not None else self._version(record)
         return out
 
     def _version(self, record) -> tuple:

@@ -196,8 +196,8 @@ def test_rearm_when_the_instance_runs_does_nothing(world):
 
 def test_the_report_says_which_record_its_instance_state_holds_under(world, monkeypatch):
     """The monitor daemon sends a probe's VM states only while the node's record is still the
-    one they were observed under (vms_basis): the kind's own follow-up write keeps them; a
-    write by another process while the BMC was asked voids them."""
+    one they were observed under (vms_basis): the kind's own follow-up write is theirs; a
+    write by another process while the BMC was asked is not."""
     running(world)
     report = HostReport(world.kind.node, world.kind.config, world.store, kind=world.kind)
     assert [vm.state for vm in report.vms()] == ["RUNNING"]
@@ -222,5 +222,6 @@ def test_the_report_says_which_record_its_instance_state_holds_under(world, monk
     world.machine.power = "on"
     world.machine.os = "tenant"
     report = HostReport(world.kind.node, world.kind.config, world.store, kind=world.kind)
-    report.vms()
-    assert report.vms_basis is None
+    assert [vm.state for vm in report.vms()] == ["RUNNING"]        # what the BMC said: from before
+    assert report.vms_basis == ("active", VM, report.vms_basis[2])
+    assert report.vms_basis != world.store.get("n1").version       # so the daemon drops it
