@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from bmm.config import Config
 from bmm.errors import NotSupported, Refused
+from bmm.footprint import Footprint
 from bmm.opennebula.reply import Reporter
 from bmm.state import (ACTIVE, AVAILABLE, ERROR, HOLDS_INSTANCE, MAINTENANCE, OFF, PROVISIONED, NodeRecord,
                        NodeState, StateStore, open_store)
@@ -256,13 +257,39 @@ class Kind:
 
     kind = "abstract"
     supports_undeploy = False
+    # What the machine is made of: a class whose PARTS.of(node) builds its interfaces (power,
+    # boot and the kind's own) from the node's validated inventory table. None: no parts.
+    PARTS: Any = None
 
-    def __init__(self, node: Any, config: Config, reporter: Reporter):
+    def __init__(self, node: Any, config: Config, reporter: Reporter, *, parts: Any = None):
         self.node = node
         self.name = node.name
         self.config = config
         self.reporter = reporter
         self._store: StateStore | None = None
+        self._parts = parts             # tests give a kind fakes of each part
+
+    @property
+    def parts(self) -> Any:
+        """The machine's interfaces, built on first use: what touches no part builds none."""
+        if self._parts is None:
+            if self.PARTS is None:
+                raise not_supported(f"a machine of kind {self.kind}")
+            self._parts = self.PARTS.of(self.node)
+        return self._parts
+
+    @property
+    def power(self):
+        return self.parts.power
+
+    @property
+    def boot(self):
+        return self.parts.boot
+
+    @property
+    def footprint(self) -> Footprint:
+        """What bmm put on the node for each VM (bmm.footprint)."""
+        return Footprint(self.config.state_db, self.name)
 
     @property
     def store(self) -> StateStore:

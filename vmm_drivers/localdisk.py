@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from bmm.boot.grub import GrubBoot, TenantEntry, tenant_entry_id
-from bmm.footprint import Footprint
 from bmm.errors import AuthError, BmmError, InputError, Refused, TimeoutExpired, TransientError
 from bmm.power import PowerState, power_for
 from bmm.state import (ACTIVE, AVAILABLE, CLEANING, DELETING, DEPLOYING, ERROR, OFF, PROVISIONED, REBOOTING,
@@ -77,24 +76,7 @@ class Parts:
 
 class LocalDiskKind(Kind):
     kind = "localdisk"
-
-    def __init__(self, node, config, reporter, *, parts: Parts | None = None):
-        super().__init__(node, config, reporter)
-        self._parts = parts
-
-    @property
-    def parts(self) -> Parts:
-        if self._parts is None:
-            self._parts = Parts.of(self.node)
-        return self._parts
-
-    @property
-    def power(self):
-        return self.parts.power
-
-    @property
-    def boot(self) -> GrubBoot:
-        return self.parts.boot
+    PARTS = Parts
 
     @property
     def disk(self) -> LvmDisk:
@@ -108,10 +90,6 @@ class LocalDiskKind(Kind):
     # What bmm put on the node for a VM (bmm.footprint): the LVs it created (name -> bytes;
     # what the host reports as USED disk, and what a clean-up may touch) and, once the boot
     # disk is cloned, how to boot it (kernel, initrd, root LV).
-    @property
-    def footprint(self) -> Footprint:
-        return Footprint(self.config.state_db, self.name)
-
     def _meta(self, vm_id: int) -> dict:
         data = self.footprint.load(vm_id)
         data.setdefault("lvs", {})

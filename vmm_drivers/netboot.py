@@ -37,7 +37,6 @@ from typing import Any
 from bmm.boot import tilemonitor
 from bmm.boot.netboot import NfsRootBoot, Tftp2StageBoot, exists, write_file
 from bmm.errors import BmmError, NotSupported, Refused, TimeoutExpired
-from bmm.footprint import Footprint
 from bmm.power import PowerState, power_for
 from bmm.rootcontext import EXTRACT as OVERLAY_EXTRACT
 from bmm.rootcontext import overlay
@@ -102,32 +101,11 @@ class Progress:
 
 class NetbootKind(Kind):
     kind = "netboot"
-
-    def __init__(self, node, config, reporter, *, parts: BoardParts | None = None):
-        super().__init__(node, config, reporter)
-        self._parts = parts
-
-    @property
-    def parts(self) -> BoardParts:
-        if self._parts is None:
-            self._parts = BoardParts.of(self.node)
-        return self._parts
-
-    @property
-    def power(self):
-        return self.parts.power
-
-    @property
-    def boot(self) -> NfsRootBoot | Tftp2StageBoot:
-        return self.parts.boot
+    PARTS = BoardParts
 
     @property
     def nfsroot(self) -> bool:
         return isinstance(self.boot, NfsRootBoot)
-
-    @property
-    def footprint(self) -> Footprint:
-        return Footprint(self.config.state_db, self.name)
 
     @property
     def ip(self) -> str | None:
