@@ -85,3 +85,15 @@ def all_zero(path: Path) -> bool:
             if chunk.count(0) != len(chunk):
                 return False
     return True
+
+
+def in_order(out: str, steps: list[str]) -> list[str]:
+    """The steps not found in out in that order (empty when all are)."""
+    pos, missing = 0, []
+    for step in steps:
+        found = out.find(step, pos)
+        if found < 0:
+            missing.append(step)
+        else:
+            pos = found + len(step)
+    return missing

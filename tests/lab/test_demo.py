@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.conftest import LAB_TOOLS
-from tests.support import REPO, require_lab
+from tests.support import REPO, in_order, require_lab
 
 STEPS = [
     "the EMULATION of oned's exec", "register server1", "IM START_MONITOR", "`onevm create`",
@@ -34,18 +34,6 @@ def demo(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env.pop("ONE_XMLRPC", None)
     return subprocess.run([sys.executable, "-c", "from bmm.cli import main; main()", "lab", "demo", *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
-
-
-def in_order(out: str, steps: list[str]) -> list[str]:
-    """The steps not found in out in that order (empty when all are)."""
-    pos, missing = 0, []
-    for step in steps:
-        found = out.find(step, pos)
-        if found < 0:
-            missing.append(step)
-        else:
-            pos = found + len(step)
-    return missing
 
 
 @pytest.fixture
