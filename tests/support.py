@@ -57,6 +57,8 @@ def stop_monitor_daemon(state_dir, timeout: float = 10.0) -> None:
         except FileNotFoundError:
             return False
 
+    if not lock_file.exists():
+        return      # no IM start ever ran here: ensure_daemon makes the lock file before it spawns
     pid = None
     while time.monotonic() < deadline:
         try:
