@@ -519,9 +519,13 @@ def node_for_host(config: Config, host: str) -> Node:
     """The node behind an OpenNebula host name, as the drivers look it up: only that node's
     own problems (or the file's) stop it, and the error names the host and the inventory."""
     path = Path(config.inventory)
-    if not path.exists():
-        raise ConfigError(f"host {host}: the bmm inventory {path} does not exist")
     try:
         return load_node(host, path, extra_kinds=tuple(config.kinds))
     except NotInInventory:
         raise NotInInventory(f"host {host} is not in the bmm inventory ({path})") from None
+    except ConfigError:
+        # asked only now: the monitor daemon looks up every host every few seconds, and one
+        # stat (load_node's) per lookup is enough on the way that works
+        if not path.exists():
+            raise ConfigError(f"host {host}: the bmm inventory {path} does not exist") from None
+        raise

@@ -18,7 +18,7 @@ import sys
 
 from bmm import logs
 from bmm.config import load_config
-from bmm.errors import BmmError, ConfigError, InputError
+from bmm.errors import ConfigError, InputError
 from bmm.guard import freeze_for_exit, guarded, raise_on_sigterm
 from bmm.inventory import node_for_host
 from bmm.opennebula import driver_input, monitor
@@ -26,7 +26,7 @@ from bmm.opennebula.args import check_host_name, parse_id
 from bmm.opennebula.xmlsafe import parse_xml
 from im_drivers import hosts
 from im_drivers.messages import payloads
-from im_drivers.report import HostReport
+from im_drivers.report import OPEN_STORE, HostReport
 
 # What START_MONITOR answers at once: nothing that asks a BMC or an OS (a hung BMC must not
 # hold the control script until one_im_sh gives up); the daemon sends the VMs' states.
@@ -56,15 +56,9 @@ def parse_monitor_config(xml: bytes, fallback_address: str, fallback_port: int) 
     return address, port, periods
 
 
-def build_report(config, node_name: str):
-    node = node_for_host(config, node_name)
-    try:
-        from bmm.state import open_store
-
-        store = open_store(config=config)
-    except (BmmError, OSError):
-        store = None
-    return HostReport(node, config, store)
+def build_report(config, node_name: str, *, record=None):
+    """The host's report; record: the node's record, when the caller holds a fresh one."""
+    return HostReport(node_for_host(config, node_name), config, OPEN_STORE, record=record)
 
 
 def ensure_daemon(config) -> None:

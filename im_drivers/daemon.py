@@ -34,8 +34,11 @@ How, and why:
   (or even ended) while the probe waited on the BMC.
 - Node states come from one read of the state database (StateStore.all), not one per host:
   opening the database costs ~1 ms, a core·s per thousand hosts. The read is repeated when
-  the database or its WAL changed (a stat of each, so a state written a moment ago is seen
-  when a probe answers), and at least every SNAPSHOT_TTL_S.
+  anything was committed since (StateStore.watch, SQLite's data_version, asked at most every
+  CHANGE_CHECK_S), and at least every SNAPSHOT_TTL_S. So a probe's answer is judged against
+  the records as they were 50 ms before at worst; the lock file, stat'ed every time, covers
+  that: an action takes its node's lock before its first commit and holds it to its last.
+  Probes get the node's record from this copy (run_probe) rather than reading it.
 - Every probe builds its report afresh (build_report): a report may observe its machine once
   and keep the answer, so one kept from an earlier probe could repeat an old state.
 - Sending belongs to the Outbox (im_drivers/outbox.py): the scheduler never waits on the
@@ -83,6 +86,7 @@ MAX_DEADLINE_S = 15.0
 POOL_SIZE = 64              # 1000 hosts at 5 s are 200 probes/s: 60 BMCs answering in 0.3 s
 SPARE_WORKERS = 64          # replacements for probes written off at their deadline
 SNAPSHOT_TTL_S = 1.0
+CHANGE_CHECK_S = 0.05       # an action holds its node's lock (stat'ed fresh) before it commits
 REGISTRY_EVERY_S = 1.0
 STATUS_EVERY_S = 2.0
 GUARD_LOG_EVERY_S = 60.0
@@ -104,11 +108,14 @@ class Outcome:
     seen: tuple | None = None               # the record version the VM payloads hold under
 
 
-def run_probe(config, name: str, kinds: tuple[str, ...]) -> Outcome:
+def run_probe(config, name: str, kinds: tuple[str, ...], record: NodeRecord | None = None) -> Outcome:
     """The probe (the report code's): build_report, then payloads; with VM payloads, the
-    version of the node record they hold under (HostReport.vms_basis)."""
+    version of the node record they hold under (HostReport.vms_basis). record is the
+    scheduler's copy of the node's record when the probe was submitted: fresh (see
+    _snapshot), and it spares each probe its own reads of the state database (~1 ms);
+    None: the report reads it."""
     try:
-        report = build_report(config, name)
+        report = build_report(config, name, record=record)
         out = payloads(report, kinds)
         return Outcome(payloads=out, seen=report.vms_basis if VM_TYPES.intersection(out) else None)
     except BmmError as exc:
@@ -157,8 +164,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._records: dict = {}
         self._records_at = float("-inf")
-        self._records_signature: tuple = ()
-        self._db_files = (str(self.store.path), f"{self.store.path}-wal")
+        self._db_changes = self.store.watch()
+        self._changes_at = float("-inf")
         self._records_failed = False
         self._guard_logged: dict[str, float] = {}
 
@@ -197,6 +204,7 @@ class Scheduler:
         finally:
             self.pool.close()
             self.outbox.close()
+            self._db_changes.close()
             self.status_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ scheduling
@@ -242,16 +250,20 @@ class Scheduler:
         if host.probe is not None:
             self.counts["still_running"] += 1
             self._report_known(host, probed)
-        elif self._busy(host):
+            return
+        record = self._record(host.reg.name)
+        if self._busy(host, record):
             self.counts["skipped_busy"] += 1
             for k in VM_TYPES:
                 host.last.pop(k, None)
             self._trouble(host, "has an action in flight: not probed, still beaconed", logging.INFO)
         else:
-            self._submit(host, probed, now)
+            # without a copy of the records (the database unreadable), the probe reads its own
+            # and fails as it should: a made-up "available" would report its VM gone
+            self._submit(host, probed, now, None if self._records_failed else record)
 
-    def _submit(self, host: Host, kinds: tuple[str, ...], now: float) -> None:
-        probe = Probe(host.reg.host_id, kinds, partial(run_probe, self.config, host.reg.name, kinds))
+    def _submit(self, host: Host, kinds: tuple[str, ...], now: float, record: NodeRecord | None) -> None:
+        probe = Probe(host.reg.host_id, kinds, partial(run_probe, self.config, host.reg.name, kinds, record))
         host.probe = probe
         heapq.heappush(self._heap, (now + host.deadline_s, next(self._seq), host.reg.host_id, probe))
         self.pool.submit(probe)
@@ -326,7 +338,8 @@ class Scheduler:
             host.seen = out.seen
 
     def _moved_on(self, host: Host, seen: tuple | None) -> bool:
-        return seen is None or self._busy(host) or self._version(host.reg.name) != seen
+        record = self._record(host.reg.name)
+        return seen is None or self._busy(host, record) or record.version != seen
 
     def _report_known(self, host: Host, kinds: tuple[str, ...]) -> None:
         moved_on = self._moved_on(host, host.seen) if VM_TYPES.intersection(kinds) else False
@@ -354,23 +367,20 @@ class Scheduler:
 
     # ------------------------------------------------------------------ node state
 
-    def _db_signature(self) -> tuple:
-        """Identity, size and mtime of the state database and its WAL: a commit changes one."""
-        signature = []
-        for path in self._db_files:
-            try:
-                st = os.stat(path)
-                signature.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                signature.append(None)
-        return tuple(signature)
+    def _changed(self, now: float) -> bool:
+        """Whether anything was committed since the last look, asked at most every
+        CHANGE_CHECK_S: each sqlite call gives up the GIL, and a burst of a thousand probes
+        would pay a thread switch for every one."""
+        if now - self._changes_at < CHANGE_CHECK_S:
+            return False
+        self._changes_at = now
+        return self._db_changes.changed()
 
     def _snapshot(self) -> dict:
         now = time.monotonic()
-        signature = self._db_signature()
-        if signature != self._records_signature or now - self._records_at > SNAPSHOT_TTL_S:
-            # taken before the read: a commit landing during it makes the next call read again
-            self._records_at, self._records_signature = now, signature
+        # asked before the read: a commit landing during it makes the next call read again
+        if self._changed(now) or now - self._records_at > SNAPSHOT_TTL_S:
+            self._records_at = now
             try:
                 self._records = {r.name: r for r in self.store.all()}
                 if self._records_failed:
@@ -383,13 +393,12 @@ class Scheduler:
                 self._records_failed = True
         return self._records
 
-    def _version(self, name: str) -> tuple:
+    def _record(self, name: str) -> NodeRecord:
         record = self._snapshot().get(name)
-        return (record if record is not None else NodeRecord(name=name)).version     # as StateStore.get
+        return record if record is not None else NodeRecord(name=name)      # as StateStore.get
 
-    def _busy(self, host: Host) -> bool:
-        record = self._snapshot().get(host.reg.name)
-        if record is not None and record.transient:
+    def _busy(self, host: Host, record: NodeRecord) -> bool:
+        if record.transient:
             return True
         # an empty or missing lock file is a free lock (NodeLocks empties it on release): a
         # stat spares the thousand free nodes of a cycle the read of holder()

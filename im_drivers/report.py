@@ -33,14 +33,21 @@ def _fact_key(key: str) -> str:
     return "BMM_" + "".join(ch if ch.isalnum() else "_" for ch in key).upper()
 
 
+OPEN_STORE = object()       # HostReport(state_store=OPEN_STORE): open the config's on first use
+
+
 class HostReport:
     """Generic report for any kind; kinds override what they know better."""
 
-    def __init__(self, node, config, state_store=None, *, kind=None):
+    def __init__(self, node, config, state_store=None, *, kind=None, record: NodeRecord | None = None):
+        """record: the node's record as the caller just read it (the monitor daemon keeps them
+        all, fresh); without it, every record() reads the state database. state_store may be
+        OPEN_STORE: a report given its record opens no database unless asked for more."""
         self.node = node
         self.config = config
-        self.state_store = state_store
+        self._state_store = state_store
         self._kind = kind
+        self._record = record
         self._vms: list[VmReport] | None = None
         self.vms_basis: tuple | None = None
 
@@ -110,7 +117,21 @@ class HostReport:
                 self.node, self.config, Reporter(live=False))
         return self._kind
 
+    @property
+    def state_store(self):
+        """The state database, or None when it cannot be opened (all nodes read available)."""
+        if self._state_store is OPEN_STORE:
+            from bmm.errors import BmmError
+            from bmm.state import open_store
+            try:
+                self._state_store = open_store(config=self.config)
+            except (BmmError, OSError):
+                self._state_store = None
+        return self._state_store
+
     def record(self):
+        if self._record is not None:
+            return self._record
         if self.state_store is None:
             return None
         return self.state_store.get(self.node.name)

@@ -254,3 +254,22 @@ def test_many_processes_writing_at_once_lose_nothing(tmp_path):
     for i in range(4):
         assert len(store.history(f"n{i}", limit=1000)) == 50
         assert store.get(f"n{i}").state == "available"
+
+
+def test_a_change_watch_tells_a_commit_from_a_read(tmp_path):
+    """What the monitor daemon re-reads its copy of the records on: any commit, by any
+    process; never a read (every reader's close deletes the WAL, so file stats cannot tell)."""
+    db = tmp_path / "state.db"
+    watch = StateStore(db).watch()
+    assert watch.changed() is False                 # no database: nothing to read
+    StateStore(db).transition("n1", "deploying", vm_id=1)
+    assert watch.changed() is True                  # the first look at a database
+    assert watch.changed() is False
+    StateStore(db).get("n1")
+    StateStore(db).all()
+    assert watch.changed() is False                 # reads commit nothing
+    StateStore(db).transition("n1", "active")
+    assert watch.changed() is True
+    assert watch.changed() is False
+    watch.close()
+    assert watch.changed() is True                  # reopened: it cannot know what it missed
