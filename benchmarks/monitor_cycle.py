@@ -3,7 +3,7 @@
 of them with a hung BMC and 1% with a slow one. Targets: <= 2 s wall and <= 0.5 core·s per
 cycle, and no healthy host misses a beacon.
 
-    python3 benchmarks/monitor_cycle.py [--machines 1000] [--cycles 6] [--period 5] [--as-is]
+    python3 benchmarks/monitor_cycle.py [--machines 1000] [--cycles 6] [--period 5]
 
 The machines are tests/slowkind.py nodes: fakes at the BMC only (a hung one never answers, a
 slow one answers after --slow-s). The daemon is the real one, as its own process (pid file,
@@ -14,15 +14,10 @@ All hosts register before the daemon starts, so their periods are in phase: each
 burst of 1000 probes, the worst case. A cycle's wall time runs from its first BEACON_HOST (sent
 the moment the cycle is due) to its last STATE_VM (a hung host's, at the probe deadline).
 Every figure printed comes from this run:
-- A: what control.build_report costs per call with this inventory, measured in this process.
-  It re-reads and re-checks the whole inventory each time (bmm.inventory.node_for_host), so a
-  cycle of N probes costs N times that: that code is not the daemon's and is left as it is.
-- B: the daemon's cycles. By default its process looks nodes up in the inventory parsed once
-  per file version (what node_for_host would do with a cache; installed only in the daemon
-  process this benchmark starts), so B measures the daemon, not the inventory parser. With
-  --as-is the daemon runs untouched (at 1000 machines: ~0.2 core·s and ~5 MB per probe; such
-  probes look stalled to the pool, so up to 64 run at once: expect every probe to be late and
-  some 300 MB of RSS).
+- A: what one probe (daemon.run_probe: build_report, then the STATE_VM payload) costs with
+  this inventory, measured in this process, one at a time: the floor of a cycle's probe CPU.
+- B: the daemon's cycles, the daemon as installed (the inventory is parsed once per file
+  version by bmm.inventory.load_node; the records come from the daemon's own copy).
 """
 
 from __future__ import annotations
@@ -41,7 +36,6 @@ import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -59,38 +53,6 @@ WALL_TARGET_S = 2.0
 CPU_TARGET_S = 0.5
 BEACON_SLACK_S = 1.0        # a beacon later than period + this is a missed beacon
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cached_lookup_daemon() -> None:
-    """The daemon, its node lookup served from one parse of the inventory per file version:
-    a model of the cache proposed for bmm.inventory.node_for_host, installed in this process
-    only. Nothing else in the daemon changes."""
-    from bmm.errors import NotInInventory
-    from bmm.inventory import load_inventory
-    import im_drivers.control as control
-    from im_drivers import daemon
-
-    parsed: dict[tuple, object] = {}
-    parsing = threading.Lock()          # one parse, not one per worker that asks at once
-
-    def node_for_host(config, host):
-        path = Path(config.inventory)
-        st = path.stat()
-        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-        inventory = parsed.get(key)
-        if inventory is None:
-            with parsing:
-                inventory = parsed.get(key)
-                if inventory is None:
-                    parsed.clear()
-                    inventory = parsed[key] = load_inventory(path, strict=False, extra_kinds=tuple(config.kinds))
-        try:
-            return inventory.get(host)
-        except NotInInventory:
-            raise NotInInventory(f"host {host} is not in the bmm inventory ({path})") from None
-
-    control.node_for_host = node_for_host
-    daemon.main()
 
 
 def write_lab(root: Path, machines: int, port: int, periods: dict) -> Path:
@@ -131,18 +93,20 @@ def write_lab(root: Path, machines: int, port: int, periods: dict) -> Path:
     return config
 
 
-def build_report_cost(config_path: Path, calls: int = 5) -> tuple[float, float]:
-    """(CPU s, peak MB) of one control.build_report call with this inventory."""
-    from im_drivers.control import build_report
+def probe_cost(config_path: Path, calls: int = 200) -> tuple[float, float]:
+    """(CPU s, peak MB) of one STATE_VM probe with this inventory, as the daemon runs it."""
+    from im_drivers.daemon import run_probe
 
     config = load_config(config_path)
-    build_report(config, "sim0000")
+    records = {r.name: r for r in StateStore(config.state_db).all()}
+    run_probe(config, "sim0000", ("STATE_VM",), records["sim0000"])
+    names = [f"sim{i % len(records):04d}" for i in range(calls)]
     start = time.process_time()
-    for i in range(calls):
-        build_report(config, f"sim{i:04d}")
+    for name in names:
+        run_probe(config, name, ("STATE_VM",), records[name])
     cpu = (time.process_time() - start) / calls
     tracemalloc.start()
-    build_report(config, "sim0001")
+    run_probe(config, "sim0001", ("STATE_VM",), records["sim0001"])
     peak = tracemalloc.get_traced_memory()[1] / 1e6
     tracemalloc.stop()
     return cpu, peak
@@ -199,7 +163,6 @@ def main() -> int:
     ap.add_argument("--slow-s", type=float, default=1.0, help="how long a slow BMC takes to answer")
     ap.add_argument("--period", type=int, default=5, help="STATE_VM and BEACON_HOST period (s)")
     ap.add_argument("--cycles", type=int, default=6, help="cycles measured")
-    ap.add_argument("--as-is", action="store_true", help="no cached node lookup in the daemon")
     args = ap.parse_args()
     periods = {"BEACON_HOST": args.period, "STATE_VM": args.period, "MONITOR_VM": 30,
                "MONITOR_HOST": 120, "SYSTEM_HOST": 600}
@@ -212,14 +175,13 @@ def main() -> int:
         root = Path(tmp)
         config = write_lab(root, args.machines, monitord.port, periods)
         state = root / "state"
-        per_call_cpu, per_call_mb = build_report_cost(config)
-        print(f"A  build_report as is, {args.machines}-node inventory: {per_call_cpu * 1000:.0f} ms CPU and "
-              f"{per_call_mb:.1f} MB peak per call; a cycle of {args.machines} probes needs "
-              f"{per_call_cpu * args.machines:.0f} core·s (ratio to the {CPU_TARGET_S} core·s target: "
-              f"{per_call_cpu * args.machines / CPU_TARGET_S:.0f}x)")
+        per_call_cpu, per_call_mb = probe_cost(config)
+        print(f"A  one STATE_VM probe, {args.machines}-node inventory: {per_call_cpu * 1000:.3f} ms CPU and "
+              f"{per_call_mb:.2f} MB peak; {args.machines} probes one at a time: "
+              f"{per_call_cpu * args.machines:.3f} core·s (ratio to the {CPU_TARGET_S} core·s target: "
+              f"{per_call_cpu * args.machines / CPU_TARGET_S:.2f})")
         sys.stdout.flush()
-        entry = (["-m", "im_drivers.daemon"] if args.as_is else
-                 ["-c", "import benchmarks.monitor_cycle as b; b.cached_lookup_daemon()"])
+        entry = ["-m", "im_drivers.daemon"]
         env = dict(os.environ, BMM_CONFIG=str(config), PYTHONPATH=str(REPO))
         out = open(root / "daemon.out", "wb")
         started = time.monotonic()
@@ -291,8 +253,7 @@ def main() -> int:
         walls = [r[0] for r in complete]
         per_cycle_cpu = (cpu1 - cpu0) / cycles
         print(f"B  {args.machines} machines ({len(hung)} hung, {len(slow)} slow at {args.slow_s:.1f} s), "
-              f"period {args.period} s, {len(complete)} complete cycles of {len(rounds)} seen, "
-              f"{'daemon as is' if args.as_is else 'node lookup cached'}")
+              f"period {args.period} s, {len(complete)} complete cycles of {len(rounds)} seen")
         print(f"   cycle wall: median {statistics.median(walls):.3f} s, max {max(walls):.3f} s "
               f"(target <= {WALL_TARGET_S} s; ratio {max(walls) / WALL_TARGET_S:.2f})")
         print(f"   STATE_VM per cycle: {statistics.median(r[1] for r in complete):.0f} messages from "
