@@ -42,6 +42,7 @@ ROLES = (
     "reboot", "reset",                     # reboot / reboot --hard watched for POWEROFF
     "undeploy", "attach_running", "attach_poweroff",
     "qcow2", "occupied_delete", "occupied_terminate",
+    "leaked",                              # a VM oned forgets: `bmm one reconcile --fix`
 )
 BOARDS = 2                                 # board1 boots an NFS root, board2 two-stage TFTP
 # bmm.toml: waits sized for the lab (a lab server boots in about 1.5 s)

@@ -22,7 +22,7 @@ from tests.oned.cloud import DEPLOY_TIMEOUT_S, NOT_SUPPORTED, RESTART_STEP, STEP
 from tests.oned.machine import machine_on
 
 FLEET = ("fallback", "outside_off", "reboot", "reset", "undeploy", "attach_running", "attach_poweroff",
-         "occupied_delete", "occupied_terminate")
+         "occupied_delete", "occupied_terminate", "leaked")
 WATCH_AFTER_S = 60           # how long a state is watched after an operation
 SAMPLE_S = 0.5
 MONITOR_NOTICE_S = 60        # STATE_VM every 5 s; oned ignores updates 30 s after a state change
@@ -375,3 +375,36 @@ def test_a_refused_second_vm_leaves_the_running_tenant_untouched(cloud, fleet, t
     assert not problems, (f"{operation} of refused VM {second} ({cleanup}) disturbed VM {vm} on {machine.name}: "
                           f"{'; '.join(problems)}\n{machine.describe()}\n{cloud.explain(second)}")
 
+
+def reconcile(frontend, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`bmm one reconcile --json [args]` as an operator runs it: the run and its findings."""
+    proc = frontend.bmm("one", "reconcile", "--json", *args)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    out = proc.stdout
+    return proc, json.loads(out[out.index("["):])
+
+
+def test_reconcile_names_a_machine_oned_forgot_and_fix_frees_it(fleet, cloud, frontend):
+    """`onevm recover --delete-db` drops a VM from oned without one driver call: its machine
+    still runs the tenant on the VM's disk, and nothing in OpenNebula will ever clean it up.
+    `bmm one reconcile` names that node and VM; --fix wipes the VM's disk and frees the node
+    (bmm's own TM delete, under the node's lock); afterwards both sides agree on it."""
+    vm, machine = fleet.running("leaked")
+    _, found = reconcile(frontend)
+    assert [f for f in found if f["node"] == machine.name] == [], found       # a running VM is no drift
+    cloud.one.vm.recover(vm, 5)                                                 # onevm recover --delete-db
+    cloud.wait_vm(vm, "DONE")
+    assert machine.vm_lvs(vm) and machine.tenant_answers(), machine.describe()  # the leak is real
+    proc, found = reconcile(frontend)
+    mine = [f for f in found if f["node"] == machine.name]
+    assert proc.returncode == 1 and len(mine) == 1, proc.stdout
+    assert mine[0]["vm_id"] == vm and "does not exist any more" in mine[0]["problem"], mine
+    assert machine.vm_lvs(vm), "reconcile without --fix changed the node"
+    fixed = frontend.bmm("one", "reconcile", "--fix", timeout=600)
+    assert f"fixed: node {machine.name}: holds VM {vm}" in fixed.stdout, fixed.stdout + fixed.stderr
+    record = machine.record()
+    assert (record.state, record.vm_id) == ("available", None), machine.describe()
+    assert machine.vm_lvs(vm) == [], machine.describe()
+    assert not machine.tenant_answers(), f"the leaked tenant still runs\n{machine.describe()}"
+    _, found = reconcile(frontend)
+    assert [f for f in found if f["node"] == machine.name] == [], found
