@@ -106,7 +106,7 @@ def reconcile(inventory, url, auth, fix, as_json):
     else:
         for finding in left:
             click.echo(str(finding))
-        if not found:
+        if not left:
             click.echo(f"bmm and OpenNebula agree on {len(inv)} node(s)")
     sys.exit(1 if left else 0)
 

@@ -408,3 +408,21 @@ def test_reconcile_names_a_machine_oned_forgot_and_fix_frees_it(fleet, cloud, fr
     assert not machine.tenant_answers(), f"the leaked tenant still runs\n{machine.describe()}"
     _, found = reconcile(frontend)
     assert [f for f in found if f["node"] == machine.name] == [], found
+
+
+def test_reconcile_names_a_bmm_host_the_inventory_does_not_have(cloud, frontend):
+    """A host made by hand with bmm's drivers (or left behind after a node left the inventory)
+    is named, with what to do; reconcile never deletes an OpenNebula host itself."""
+    ghost = cloud.one.host.allocate("bmm-ghost", "bmm", "bmm", -1)
+    try:
+        proc, found = reconcile(frontend)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert [f["problem"] for f in found if f["node"] == "bmm-ghost"] == [
+            "is a bmm host in OpenNebula but not in the inventory"], found
+        fixed = frontend.bmm("one", "reconcile", "--fix")
+        assert "node bmm-ghost: is a bmm host" in fixed.stdout and fixed.returncode == 1, fixed.stdout
+        assert cloud.one.host.info(ghost).NAME == "bmm-ghost"
+    finally:
+        cloud.one.host.delete(ghost)
+    _, found = reconcile(frontend)
+    assert [f for f in found if f["node"] == "bmm-ghost"] == [], found
