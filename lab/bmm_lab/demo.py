@@ -155,6 +155,10 @@ def run(lab_dir=None, *, servers: int = 1, boards: int = 0, board: bool = False,
             _with_emulation(demo, h, machines, key)
         demo.step("done")
         demo.line(f"the main job ran on {', '.join(m.name for m in machines)} in {time.monotonic() - demo.t0:.0f} s")
+    except BaseException:
+        if not keep:
+            _show_consoles(demo, h)
+        raise
     finally:
         if keep:
             say(f"\nthe lab stays up: bmm lab status --dir {h.dir}; bmm lab down --dir {h.dir} --purge")
@@ -380,6 +384,19 @@ def _emulated_job(demo: Demo, h: LabHandle, one: OpenNebula, m: Machine, vm_id: 
         for line in exc.step.execution.stderr.strip().splitlines()[-5:]:
             demo.say(f"             {line}")
         raise
+
+
+def _show_consoles(demo: Demo, h: LabHandle, lines: int = 8) -> None:
+    """The end of each board's console, before the teardown removes it: where a board says why
+    it did not boot (the errors ask the operator to read it)."""
+    for console in sorted(boardpaths.board_dir(h.dir, "").glob("*/console.log")):
+        try:
+            tail = console.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        demo.line(f"console of {console.parent.name}, its last {len(tail)} line(s):")
+        for text in tail:
+            demo.say(f"             {text}")
 
 
 def _system_host(document: str) -> dict[str, str]:
