@@ -514,8 +514,10 @@ def deliver_image(ex, image_path: str, fmt: str, device: str, size: int, *,
         if have < size:
             raise BmmError(f"{device} has {have} bytes, expected at least {size}", node=node)
     key = secrets.token_bytes(32)
+    # "blocks": how image_blocks cuts the image; digests remembered before it cut by content
+    # alone (not by the file system's map) are of other streams, and must not match
     params = {"version": VERSION, "fmt": fmt, "offset": offset, "length": length, "size": size,
-              "target_zeroed": target_zeroed, "chunk": chunk, "zero_block": zero_block}
+              "target_zeroed": target_zeroed, "chunk": chunk, "zero_block": zero_block, "blocks": "content"}
     entry = digests.key(source_files(image_path, source), params) if digests else None
     known = digests.get(entry) if digests else None
     stats: dict = {}

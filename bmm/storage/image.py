@@ -11,7 +11,8 @@
     streams. (Staging a raw copy would need the image's full virtual size in free space on
     the front-end and a full extra write; `qemu-img convert/dd` cannot write to a pipe.)
 - `iter_image_blocks` turns that into (offset, length, data) blocks where zero runs come as
-  `data=None`, found both from the map and by checking every 64 KiB block for all zeros.
+  `data=None`, found by checking every 64 KiB block for all zeros; the map only spares reading
+  what holds no data, so the blocks are a function of the bytes alone.
 - `probe_layout` finds the root filesystem: a bare filesystem image, or a whole-disk image
   whose root partition's byte range is then the only thing bmm copies.
 """
@@ -416,24 +417,47 @@ def _merge_zero(blocks: Iterator[Block]) -> Iterator[Block]:
 def image_blocks(img, start: int = 0, length: int | None = None, *, chunk: int = CHUNK,
                  zero_block: int = ZERO_BLOCK) -> Iterator[Block]:
     """Blocks of an open image over [start, start+length), offsets relative to start.
-    Data blocks are at most `chunk` bytes; consecutive zero runs are merged."""
+    Data blocks are at most `chunk` bytes; consecutive zero runs are merged.
+
+    The blocks depend on the image's bytes alone, never on what the map says: every chunk (on
+    a grid relative to start) that may hold data is read whole and split by its content, and
+    the map only spares reading the chunks that hold none. A map is not stable for the same
+    bytes: ext4 reports an unwritten extent as a hole while its pages are out of the page
+    cache and as data once they are in, so blocks cut where the map says would give two
+    streams of one unchanged image different records (and a remembered digest would refuse a
+    good copy, bmm.storage.digests)."""
     end = img.size if length is None else start + length
     if start < 0 or end > img.size or start > end:
         raise BmmError(f"range {start}+{end - start} is outside the image ({img.size} bytes)")
+    total = end - start
     zero = bytes(chunk)
 
-    def raw_blocks():
+    def data_chunks() -> Iterator[int]:
+        """The chunks (relative index) the map says may hold data, in order, each once."""
+        after = 0
         for off, n, may_hold_data in img.ranges(start, end):
-            if not may_hold_data:
-                yield Block(off - start, n, None)
-                continue
-            pos, stop = off, off + n
-            while pos < stop:
-                # read on a chunk grid (relative to start) so zero blocks stay aligned
-                nxt = min(stop, start + ((pos - start) // chunk + 1) * chunk)
-                buf = img.read(pos, nxt - pos)
-                yield from _split_zero(buf, pos - start, zero_block, zero)
-                pos = nxt
+            if may_hold_data and n > 0:
+                first, last = max((off - start) // chunk, after), (off - start + n - 1) // chunk
+                yield from range(first, last + 1)
+                after = max(after, last + 1)
+
+    def holes(a: int, b: int) -> Iterator[Block]:
+        """[a, b) holds no data (a on the chunk grid): what reading it would give, unread."""
+        whole = a + (b - a) // chunk * chunk
+        if whole > a:
+            yield Block(a, whole - a, None)
+        if b > whole:                   # a short last chunk: split as a read one would be
+            yield from _split_zero(zero[:b - whole], whole, zero_block, zero)
+
+    def raw_blocks():
+        pos = 0
+        for k in data_chunks():
+            cs = k * chunk
+            ce = min(cs + chunk, total)
+            yield from holes(pos, cs)
+            yield from _split_zero(img.read(start + cs, ce - cs), cs, zero_block, zero)
+            pos = ce
+        yield from holes(pos, total)
 
     return _merge_zero(raw_blocks())
 
