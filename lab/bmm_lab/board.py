@@ -277,6 +277,31 @@ class BoardMachine(Machine):
         self._state = state
         self._detail = detail
 
+    def _served_otherwise(self, url: str, path: str, listing: str) -> str | None:
+        """Why what the export serves is not the directory `path` on this host, or None.
+
+        A real board runs the tree its NFS server serves; this emulation runs `path` itself.
+        So it checks that the two agree: the names at the top and /etc/os-release, read
+        through the real NFS client. An NFS server can serve another tree than the one on disk
+        (nfs-ganesha keeps serving an export's old directory after it was replaced, and caches
+        what it read), and the emulation must not hide that."""
+        served = sorted(line.split()[-1] for line in listing.splitlines() if line.split())
+        try:
+            on_disk = sorted(os.listdir(path))
+        except OSError as exc:
+            return f"the proxy's {path} cannot be read: {exc.strerror}"
+        if served != on_disk:
+            return f"it lists {len(served)} entries at the top, the proxy's directory {len(on_disk)}"
+        try:
+            release = (Path(path) / "etc" / "os-release").read_text(errors="replace")
+        except OSError:
+            return None             # a root without one: the names are all there is to compare
+        base, _, query = url.partition("?")
+        res = run(ns_argv(self.spec.ns, ["nfs-cat", f"{base}/etc/os-release?{query}"]), timeout=20, check=False)
+        if not res.ok or res.stdout != release:
+            return "its /etc/os-release differs from the proxy's"
+        return None
+
     def console(self, message: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {message}\n"
         with self._console_lock:
@@ -356,6 +381,11 @@ class BoardMachine(Machine):
             if not ok:
                 self.console(f"VFS: Unable to mount root fs via NFS ({cause})")
                 self._fail(gen, f"NFS root {s.server}:{path} is not exported ({cause})")
+                return "failed"
+            other = self._served_otherwise(url, path, res.stdout)
+            if other:
+                self.console(f"VFS: the NFS root {s.server}:{path} is not the tree on the proxy ({other})")
+                self._fail(gen, f"NFS root {s.server}:{path} serves another tree than the proxy's ({other})")
                 return "failed"
             self.console(f"VFS: Mounted root (nfs filesystem) {s.server}:{path}")
             source = path
