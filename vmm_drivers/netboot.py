@@ -367,10 +367,26 @@ class NetbootKind(Kind):
         ex.run(["mkdir", "-m", "0755", "--", partial], timeout=TIMEOUT)
         ex.run_stream_in([*TAR_EXTRACT, partial], source, timeout=COPY_TIMEOUT)
         if exists(ex, root):
-            self.reporter.info(f"removing the earlier {root}")
-            ex.run(["rm", "-rf", "--one-file-system", "--", root], timeout=COPY_TIMEOUT)
-        ex.run(["mv", "-T", "--", partial, root], timeout=TIMEOUT)
+            self._replace_contents(ex, root, partial)
+        else:
+            ex.run(["mv", "-T", "--", partial, root], timeout=TIMEOUT)
         self.footprint.update(vm, root=root)
+
+    def _replace_contents(self, ex, root: str, partial: str) -> None:
+        """Make `root` hold what `partial` holds, keeping `root` itself (the same inode).
+
+        root is an NFS export point. nfs-ganesha resolves an export's path once, and a reload
+        that leaves the export's block unchanged keeps serving that inode: a root replaced by a
+        rename would leave the board's export serving the deleted directory (empty, then
+        NFS3ERR_STALE once ganesha's cache lets it go). Seen under the real oned: a board's
+        first VM booted, its resume failed with a stale root."""
+        self.reporter.info(f"replacing the contents of the earlier {root}")
+        entries = ["-mindepth", "1", "-maxdepth", "1", "-exec"]
+        ex.run(["find", root, *entries, "rm", "-rf", "--one-file-system", "--", "{}", "+"], timeout=COPY_TIMEOUT)
+        ex.run(["find", partial, *entries, "mv", "-t", root, "--", "{}", "+"], timeout=TIMEOUT)
+        ex.run(["chmod", f"--reference={partial}", "--", root], timeout=TIMEOUT)
+        ex.run(["chown", f"--reference={partial}", "--", root], timeout=TIMEOUT)
+        ex.run(["rmdir", "--", partial], timeout=TIMEOUT)
 
     def _stage_root(self, ex, vm: int, source) -> None:
         staged = self.boot.staged_root(vm)

@@ -19,6 +19,11 @@ kernel NFS server (`/etc/exports.d/bmm-<board>.exports`, then `exportfs -r`); wi
 (the lab's userspace server) each board's EXPORT block is a file `bmm-<board>.conf` in a
 directory that ganesha.conf includes with `%dir`, and ganesha re-reads its exports on SIGHUP.
 Every file is written beside its place under a name the servers ignore, then renamed.
+bmm writes a board's root on the proxy's file system, not through NFS, and ganesha's VFS
+back end hears nothing of such changes: its EXPORT blocks say `Attr_Expiration_Time = 0`
+(else ganesha serves what it cached for up to a minute: a booting board would see the tree
+before the clone or the context), and the root directory itself is never replaced (ganesha
+would go on serving the replaced one: vmm_drivers.netboot keeps its inode).
 """
 
 from __future__ import annotations
@@ -262,7 +267,7 @@ class GaneshaExports(Exports):
                 raise BmmError(f"board {board}: its root path or address cannot go in a ganesha EXPORT block")
         return (f"# bmm: board {board}\nEXPORT {{\n    Export_Id = {cls.export_id(board)};\n"
                 f'    Path = "{path}";\n    Pseudo = "{path}";\n    Protocols = 3, 4;\n    Transports = TCP;\n'
-                f"    SecType = sys;\n    Squash = No_Root_Squash;\n    Access_Type = None;\n"
+                f"    SecType = sys;\n    Attr_Expiration_Time = 0;\n    Squash = No_Root_Squash;\n    Access_Type = None;\n"
                 f"    CLIENT {{\n        Clients = {client};\n        Access_Type = RW;\n    }}\n"
                 f"    FSAL {{\n        Name = VFS;\n    }}\n}}\n")
 
