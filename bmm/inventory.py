@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -490,23 +491,41 @@ def _more(problems: list[Problem]) -> str:
 
 
 _parsed: dict[tuple, Inventory] = {}
+_seen: dict[str, tuple[float, tuple | None]] = {}     # path -> (when stat'ed, its identity)
+
+
+def _identity(path: str, recheck_s: float) -> tuple | None:
+    """The file's (device, inode, size, mtime), stat'ed again once recheck_s has passed since
+    the last stat (0: every time); None when it cannot be stat'ed."""
+    now = time.monotonic()
+    seen = _seen.get(path)
+    if seen is not None and now - seen[0] < recheck_s:
+        return seen[1]
+    try:
+        st = os.stat(path)
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        ident = None
+    _seen[path] = (now, ident)
+    return ident
 
 
 def load_node(name: str, path: str | os.PathLike | None = None, *,
-              extra_kinds: tuple[str, ...] | None = None) -> Node:
+              extra_kinds: tuple[str, ...] | None = None, recheck_s: float = 0.0) -> Node:
     """One node (ConfigError when it is missing, has problems, or the file is unreadable).
     Problems of other nodes do not matter here.
 
     The parsed file is kept while its identity (inode, size, mtime) stays the same: the
     monitor daemon asks for every node every few seconds, and a thousand-node inventory is
-    not re-read and re-checked for each (nodes are immutable, so sharing them is safe)."""
+    not re-read and re-checked for each (nodes are immutable, so sharing them is safe).
+    recheck_s: how long a stat of the file is trusted (the daemon: a second, so an edit is
+    seen within one; a thousand stats per cycle were a tenth of its CPU)."""
     path = Path(path) if path else inventory_path()
     kinds = _extra_kinds(extra_kinds)
-    try:
-        st = path.stat()
-    except OSError:
+    ident = _identity(str(path), recheck_s)
+    if ident is None:
         return load_inventory(path, strict=False, extra_kinds=kinds).get(name)
-    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, kinds)
+    key = (str(path), *ident, kinds)
     inventory = _parsed.get(key)
     if inventory is None:
         inventory = load_inventory(path, strict=False, extra_kinds=kinds)
@@ -515,12 +534,13 @@ def load_node(name: str, path: str | os.PathLike | None = None, *,
     return inventory.get(name)
 
 
-def node_for_host(config: Config, host: str) -> Node:
+def node_for_host(config: Config, host: str, *, recheck_s: float = 0.0) -> Node:
     """The node behind an OpenNebula host name, as the drivers look it up: only that node's
-    own problems (or the file's) stop it, and the error names the host and the inventory."""
+    own problems (or the file's) stop it, and the error names the host and the inventory.
+    recheck_s: see load_node."""
     path = Path(config.inventory)
     try:
-        return load_node(host, path, extra_kinds=tuple(config.kinds))
+        return load_node(host, path, extra_kinds=tuple(config.kinds), recheck_s=recheck_s)
     except NotInInventory:
         raise NotInInventory(f"host {host} is not in the bmm inventory ({path})") from None
     except ConfigError:

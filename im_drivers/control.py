@@ -56,9 +56,11 @@ def parse_monitor_config(xml: bytes, fallback_address: str, fallback_port: int) 
     return address, port, periods
 
 
-def build_report(config, node_name: str, *, record=None):
-    """The host's report; record: the node's record, when the caller holds a fresh one."""
-    return HostReport(node_for_host(config, node_name), config, OPEN_STORE, record=record)
+def build_report(config, node_name: str, *, record=None, inventory_recheck_s: float = 0.0):
+    """The host's report; record: the node's record, when the caller holds a fresh one;
+    inventory_recheck_s: how stale a look at the inventory file may be (bmm.inventory.load_node)."""
+    return HostReport(node_for_host(config, node_name, recheck_s=inventory_recheck_s), config, OPEN_STORE,
+                      record=record)
 
 
 def ensure_daemon(config) -> None:

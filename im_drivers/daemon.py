@@ -88,6 +88,7 @@ SPARE_WORKERS = 64          # replacements for probes written off at their deadl
 SNAPSHOT_TTL_S = 1.0
 CHANGE_CHECK_S = 0.05       # an action holds its node's lock (stat'ed fresh) before it commits
 REGISTRY_EVERY_S = 1.0
+INVENTORY_RECHECK_S = 1.0   # an edit of the inventory reaches the probes within a second
 STATUS_EVERY_S = 2.0
 GUARD_LOG_EVERY_S = 60.0
 MAX_TROUBLES = 8            # distinct troubles logged per host and episode
@@ -115,7 +116,7 @@ def run_probe(config, name: str, kinds: tuple[str, ...], record: NodeRecord | No
     _snapshot), and it spares each probe its own reads of the state database (~1 ms);
     None: the report reads it."""
     try:
-        report = build_report(config, name, record=record)
+        report = build_report(config, name, record=record, inventory_recheck_s=INVENTORY_RECHECK_S)
         out = payloads(report, kinds)
         return Outcome(payloads=out, seen=report.vms_basis if VM_TYPES.intersection(out) else None)
     except BmmError as exc:

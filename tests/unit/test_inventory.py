@@ -382,3 +382,22 @@ def test_kinds_added_in_bmm_config_need_no_boot_table(tmp_path, monkeypatch):
     monkeypatch.setenv("BMM_STATE_DB", str(tmp_path / "s.db"))
     shown = run("show", "fake01", "--no-power")
     assert shown.exit_code == 0 and "boot:" not in shown.stdout
+
+
+def test_load_node_trusts_a_stat_for_recheck_s_and_sees_an_edit_after_it(inv_file, monkeypatch):
+    """The monitor daemon's lookups (recheck_s=1) stat the inventory at most once a second; a
+    driver's (recheck_s=0) sees an edit at once."""
+    import bmm.inventory as inventory
+
+    now = [1000.0]
+    monkeypatch.setattr(inventory.time, "monotonic", lambda: now[0])
+    assert load_node("board1", inv_file, recheck_s=1.0).cpus == 64
+    inv_file.write_text(GOOD.replace("cpus      = 64", "cpus      = 8"))
+    now[0] += 0.5
+    assert load_node("board1", inv_file, recheck_s=1.0).cpus == 64      # within the second
+    assert load_node("board1", inv_file).cpus == 8                     # a driver looks now
+    inv_file.write_text(GOOD.replace("cpus      = 64", "cpus      = 128"))
+    now[0] += 0.6
+    assert load_node("board1", inv_file, recheck_s=1.0).cpus == 8      # the stat above is 0.6 s old
+    now[0] += 0.5
+    assert load_node("board1", inv_file, recheck_s=1.0).cpus == 128
