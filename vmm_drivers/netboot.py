@@ -366,11 +366,13 @@ class NetbootKind(Kind):
         ex.run(["mkdir", "-p", "-m", "0755", "--", self.boot.nfs_root], timeout=TIMEOUT)
         ex.run(["mkdir", "-m", "0755", "--", partial], timeout=TIMEOUT)
         ex.run_stream_in([*TAR_EXTRACT, partial], source, timeout=COPY_TIMEOUT)
+        # recorded first: a replacement cut short leaves part of this VM's tree there, and the
+        # VM's delete must then remove it (the clone's failure leaves the node in error)
+        self.footprint.update(vm, root=root)
         if exists(ex, root):
             self._replace_contents(ex, root, partial)
         else:
             ex.run(["mv", "-T", "--", partial, root], timeout=TIMEOUT)
-        self.footprint.update(vm, root=root)
 
     def _replace_contents(self, ex, root: str, partial: str) -> None:
         """Make `root` hold what `partial` holds, keeping `root` itself (the same inode).
