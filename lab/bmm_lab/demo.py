@@ -450,8 +450,14 @@ def _with_oned(demo: Demo, h: LabHandle, machines: list[Machine], key: Path, url
                   f"host {m.name}", fail={"ERROR"})
             # a board's root filesystem tarball must stay compressed (register.ROOTFS_DS)
             store = register.ROOTFS_DS if inventory[m.name].kind == "netboot" else register.IMAGE_DS
-            image_id = one.image.allocate(f'NAME = "bmm-demo-{h.id}-{m.name}"\nPATH = "{m.image}"\nTYPE = "OS"\n',
-                                          ds[store])
+            # oned refuses an image ("Not enough space in datastore") for a datastore whose
+            # free space it has not measured yet: a datastore just made by register
+            _wait(demo, lambda store=store: _datastore_state(one, ds[store]), {"MONITORED"}, f"datastore {store}")
+            try:
+                image_id = one.image.allocate(f'NAME = "bmm-demo-{h.id}-{m.name}"\nPATH = "{m.image}"\nTYPE = "OS"\n',
+                                              ds[store])
+            except pyone.OneActionException as exc:
+                raise LabError(f"oned refused the demo's image in datastore {store}: {exc}") from None
             images_made.append(image_id)
             _wait(demo, lambda: pyone.IMAGE_STATES(one.image.info(image_id).STATE).name, {"READY"},
                   f"image {image_id}", fail={"ERROR"})
@@ -477,6 +483,11 @@ def _vm_state(one, vm_id: int) -> str:
     if vm.STATE == pyone.VM_STATE.ACTIVE:
         return pyone.LCM_STATE(vm.LCM_STATE).name
     return pyone.VM_STATE(vm.STATE).name
+
+
+def _datastore_state(one, ds_id: int) -> str:
+    d = one.datastore.info(ds_id)
+    return "MONITORED" if int(d.TOTAL_MB) > 0 else "not monitored yet (its size is unknown)"
 
 
 def _wait(demo: Demo, state, want: set[str], what: str, *, fail: set[str] = frozenset(), tail=None,
