@@ -277,7 +277,7 @@ class BoardMachine(Machine):
         self._state = state
         self._detail = detail
 
-    def _served_otherwise(self, url: str, path: str, listing: str) -> str | None:
+    def _served_otherwise(self, path: str, listing: str) -> str | None:
         """Why what the export serves is not the directory `path` on this host, or None.
 
         A real board runs the tree its NFS server serves; this emulation runs `path` itself.
@@ -296,8 +296,9 @@ class BoardMachine(Machine):
             release = (Path(path) / "etc" / "os-release").read_text(errors="replace")
         except OSError:
             return None             # a root without one: the names are all there is to compare
-        base, _, query = url.partition("?")
-        res = run(ns_argv(self.spec.ns, ["nfs-cat", f"{base}/etc/os-release?{query}"]), timeout=20, check=False)
+        s = self.spec
+        url = nfs_url(s.server, f"{path}/etc/os-release", s.nfs_port, s.mount_port)
+        res = run(ns_argv(s.ns, ["nfs-cat", url]), timeout=20, check=False)
         if not res.ok or res.stdout != release:
             return "its /etc/os-release differs from the proxy's"
         return None
@@ -382,7 +383,7 @@ class BoardMachine(Machine):
                 self.console(f"VFS: Unable to mount root fs via NFS ({cause})")
                 self._fail(gen, f"NFS root {s.server}:{path} is not exported ({cause})")
                 return "failed"
-            other = self._served_otherwise(url, path, res.stdout)
+            other = self._served_otherwise(path, res.stdout)
             if other:
                 self.console(f"VFS: the NFS root {s.server}:{path} is not the tree on the proxy ({other})")
                 self._fail(gen, f"NFS root {s.server}:{path} serves another tree than the proxy's ({other})")

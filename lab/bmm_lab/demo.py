@@ -389,12 +389,11 @@ def _emulated_job(demo: Demo, h: LabHandle, one: OpenNebula, m: Machine, vm_id: 
 def _show_consoles(demo: Demo, h: LabHandle, lines: int = 8) -> None:
     """The end of each board's console, before the teardown removes it: where a board says why
     it did not boot (the errors ask the operator to read it)."""
-    for console in sorted(boardpaths.board_dir(h.dir, "").glob("*/console.log")):
-        try:
-            tail = console.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
+    for name in h.boards:
+        tail = h.console(name).splitlines()[-lines:]
+        if not tail:
             continue
-        demo.line(f"console of {console.parent.name}, its last {len(tail)} line(s):")
+        demo.line(f"console of {name}, its last {len(tail)} line(s):")
         for text in tail:
             demo.say(f"             {text}")
 
